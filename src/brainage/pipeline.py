@@ -1,0 +1,679 @@
+"""The main job: cohort → preprocess → train ensemble → predict → explain → population → report.
+
+Each stage is a library call; :func:`run` chains them in one output folder laid out like a BIDS
+derivatives dataset (DESIGN.md). Every stage's outputs are keyed by a hash of their inputs and
+parameters, so a rerun skips finished work and an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from brainage import __version__
+from brainage.config import DEMO_OVERRIDES, dump_config, load_config, seeds_of
+from brainage.data.splits import make_splits
+from brainage.ensemble import (
+    AgeBiasCorrection,
+    RidgeHead,
+    ensemble_uncertainty,
+    regression_metrics,
+)
+from brainage.errors import InputError
+from brainage.io.atomic import atomic_path, write_json, write_text, write_tsv
+from brainage.io.cohort import Cohort, failures_frame, read_bids
+from brainage.io.nifti import save_nifti
+from brainage.space import TEMPLATE_SPACE, template_array, template_grid
+from brainage.train import TrainConfig, load_model, predict_volumes, train_model
+from brainage.utils import StageTimer, select_device, stable_hash
+
+log = logging.getLogger("brainage")
+
+#: Name of the single training condition of ``brainage run`` (``sweep`` adds others).
+CONDITION = "default"
+
+
+@dataclass
+class RunResult:
+    """Where a run wrote its outputs and its headline numbers.
+
+    Attributes
+    ----------
+    out_dir : Path
+    predictions : pandas.DataFrame
+        Contents of ``predictions.tsv``.
+    metrics : pandas.DataFrame
+        Contents of ``metrics.tsv``.
+    stage_seconds : dict of str to float
+        Wall-clock seconds per stage.
+    report : Path or None
+    """
+
+    out_dir: Path
+    predictions: pd.DataFrame
+    metrics: pd.DataFrame
+    stage_seconds: dict = field(default_factory=dict)
+    report: Path | None = None
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=_console(),
+        transient=False,
+    )
+
+
+def _bids_label(pid: str) -> str:
+    return pid if pid.startswith("sub-") else f"sub-{pid}"
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def preprocess_stage(cohort: Cohort, out_dir: Path, cfg: dict, progress: bool = True):
+    """Preprocess every subject (cached per subject); return (table, failures).
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        Cohort rows of the successfully preprocessed subjects merged with the preprocessing
+        outputs (``preproc``, ``mask``, ``reg_quality``, …).
+    failures : list of InputError
+    """
+    from brainage.preprocess import PreprocessConfig, preprocess_cohort
+
+    pcfg = PreprocessConfig.from_dict(cfg["preprocess"])
+    result = preprocess_cohort(
+        cohort,
+        out_dir,
+        pcfg,
+        n_jobs=cfg["run"]["n_jobs"],
+        backend=cfg["run"]["backend"],
+        strict=cfg["run"]["strict"],
+        progress=progress,
+        **({"dask_address": cfg["run"]["dask_address"]} if cfg["run"]["dask_address"] else {}),
+    )
+    table = cohort.table.merge(result.table, on="participant_id", how="inner", suffixes=("", "_pre"))
+    return table.reset_index(drop=True), list(result.failures)
+
+
+def load_volumes(table: pd.DataFrame, out_dir: Path, resolution_mm: float) -> np.ndarray:
+    """Load preprocessed volumes on ``template_grid(resolution_mm)``, cached as ``.npy``.
+
+    Returns
+    -------
+    ndarray, shape (n_subjects, 1, i, j, k), float32
+        In :data:`~brainage.space.TEMPLATE_SPACE`, row order of ``table``.
+    """
+    from brainage.preprocess import load_preprocessed
+
+    grid = template_grid(resolution_mm)
+    stamps = [
+        (pid, str(p), Path(p).stat().st_size, Path(p).stat().st_mtime_ns)
+        for pid, p in zip(table["participant_id"], table["preproc"], strict=True)
+    ]
+    key = stable_hash(stamps, grid.shape, resolution_mm)
+    cache = out_dir / "cache" / f"volumes_res-{resolution_mm:g}_{key}.npy"
+    if cache.exists():
+        return np.load(cache, mmap_mode="r")
+    x = load_preprocessed(table, grid)
+    if cache.parent.exists():
+        shutil.rmtree(cache.parent)  # stale caches of earlier inputs
+    with atomic_path(cache) as tmp:
+        np.save(tmp, x)
+    return np.load(cache, mmap_mode="r")
+
+
+def train_stage(
+    x: np.ndarray, table: pd.DataFrame, out_dir: Path, cfg: dict, progress: bool = True
+) -> list[Path]:
+    """Train one base model per seed (skipped when already trained with the same inputs).
+
+    Returns
+    -------
+    list of Path
+        One folder per seed: ``OUT/models/default/seed-<n>``.
+    """
+    tcfg = TrainConfig(**cfg["train"])
+    train = (table["split"] == "train").to_numpy()
+    val = (table["split"] == "validation").to_numpy()
+    ages = table["age"].to_numpy(float)
+    data_key = stable_hash(
+        table.loc[train | val, ["participant_id", "split"]].values.tolist(),
+        cfg["preprocess"],
+        x.shape,
+    )
+    folders = []
+    seeds = seeds_of(cfg)
+    bar = _progress() if progress else None
+    if bar:
+        bar.start()
+    try:
+        for seed in seeds:
+            folder = out_dir / "models" / CONDITION / f"seed-{seed}"
+            key = stable_hash(tcfg.to_dict(), seed, data_key)
+            marker = folder / "hash.txt"
+            if marker.exists() and marker.read_text() != key:
+                shutil.rmtree(folder)  # trained with other inputs or settings
+            write_text(marker, key)
+            task = None
+            if bar:
+                task = bar.add_task(f"train seed {seed}", total=tcfg.epochs, status="")
+
+            def tick(epoch, total, val_mae, task=task):
+                if bar:
+                    bar.update(task, completed=epoch, status=f"val MAE {val_mae:.2f} y")
+
+            x_train = np.asarray(x[train])
+            x_val = np.asarray(x[val])
+            res = train_model(
+                x_train, ages[train], x_val, ages[val], tcfg, seed, folder, progress=tick,
+                meta_extra={"hash": key},
+            )
+            if bar:
+                bar.update(task, completed=tcfg.epochs, status=f"best val MAE {res.best_val_mae:.2f} y")
+            folders.append(folder)
+    finally:
+        if bar:
+            bar.stop()
+    return folders
+
+
+def predict_stage(
+    x: np.ndarray, table: pd.DataFrame, model_dirs: list[Path], out_dir: Path, cfg: dict
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Base-model predictions → ridge head → bias correction → predictions.tsv and metrics.tsv.
+
+    The ridge head and the age-bias correction are fitted on the validation subjects only. The
+    correction is fitted on out-of-fold head predictions (5-fold within validation) so that it
+    never sees predictions fitted to the same ages; validation rows of ``predictions.tsv`` carry
+    these out-of-fold predictions too. Test subjects are never used for fitting anything.
+
+    Returns
+    -------
+    predictions : pandas.DataFrame
+    metrics : pandas.DataFrame
+    """
+    models = [load_model(d) for d in model_dirs]
+    device = select_device(cfg["train"]["device"])
+    names = [f"seed-{m[1]['seed']}" for m in models]
+    base = np.column_stack([predict_volumes(m.to(device), x, device=device) for m, _ in models])
+    ages = table["age"].to_numpy(float)
+    split = table["split"].to_numpy()
+    val = split == "validation"
+    head = RidgeHead(cfg["ensemble"]["ridge_alpha"], cfg["ensemble"]["ridge_positive"]).fit(
+        base[val], ages[val]
+    )
+    ens = head.predict(base)
+    ens[val] = head.cross_val_predict(base[val], ages[val], seed=cfg["seed"])
+    bc = AgeBiasCorrection(
+        cfg["bias_correction"]["min_slope"], cfg["bias_correction"]["n_bootstrap"], cfg["seed"]
+    ).fit(ages[val], ens[val])
+    corrected = bc.transform(ens)
+    use = corrected if bc.recommended_ == "brain_age_corrected" else ens
+    pred = pd.DataFrame(
+        {
+            "participant_id": table["participant_id"],
+            "age": ages,
+            "brain_age": ens,
+            "brain_age_corrected": corrected,
+            "brain_age_gap": use - ages,
+            "uncertainty": ensemble_uncertainty(base),
+            "split": split,
+        }
+    )
+    for j, name in enumerate(names):
+        pred[f"brain_age_{name}"] = base[:, j]
+    train_mean = float(np.mean([m[1]["train_mean_age"] for m in models]))
+    rows = []
+    for s in ("train", "validation", "test"):
+        sel = split == s
+        if not sel.any():
+            continue
+        columns = [(n, base[sel, j]) for j, n in enumerate(names)]
+        columns += [("ensemble", ens[sel]), ("ensemble_corrected", corrected[sel])]
+        columns += [("mean_age_baseline", np.full(sel.sum(), train_mean))]
+        for name, values in columns:
+            rows.append({"model": name, "split": s, **regression_metrics(ages[sel], values)})
+    metrics = pd.DataFrame(rows)
+    write_tsv(out_dir / "predictions.tsv", pred)
+    write_tsv(out_dir / "metrics.tsv", metrics)
+    bias = bc.to_dict()
+    bias["gap_from"] = bc.recommended_
+    write_json(out_dir / "bias_correction.json", bias)
+    write_json(
+        out_dir / "ensemble.json",
+        {
+            "condition": CONDITION,
+            "base_models": [str(Path(d).relative_to(out_dir)) for d in model_dirs],
+            "names": names,
+            "head": head.to_dict(),
+            "train_mean_age": train_mean,
+            "resolution_mm": cfg["train"]["resolution_mm"],
+        },
+    )
+    return pred, metrics
+
+
+def relevance_path(out_dir: Path, method: str, pid: str, resolution_mm: float) -> Path:
+    """Where the relevance map of ``pid`` for ``method`` is written (template space)."""
+    label = _bids_label(pid)
+    return (
+        out_dir
+        / "explain"
+        / f"method-{method}"
+        / f"{label}_space-{TEMPLATE_SPACE}_res-{resolution_mm:g}_desc-{method.replace('_', '')}_relevance.nii.gz"
+    )
+
+
+def explain_stage(
+    x: np.ndarray,
+    table: pd.DataFrame,
+    model_dirs: list[Path],
+    out_dir: Path,
+    cfg: dict,
+    progress: bool = True,
+) -> dict[str, list[Path]]:
+    """Relevance maps of the chosen subjects for every method, averaged over the base models.
+
+    Maps are written as NIfTI in template space (the model's input grid). A subject's map is
+    skipped when its file exists for the same models and parameters.
+
+    Returns
+    -------
+    dict of str to list of Path
+        Map files per method, in the order of the explained subjects.
+    """
+    import torch
+
+    from brainage.explain import explain_ensemble
+
+    ecfg = cfg["explain"]
+    res = cfg["train"]["resolution_mm"]
+    grid = template_grid(res)
+    which = ecfg["subjects"]
+    sel = table["split"].isin(["test"] if which == "test" else ["validation", "test"] if which == "heldout" else table["split"].unique())
+    idx = np.flatnonzero(sel.to_numpy())
+    models = [load_model(d)[0] for d in model_dirs]
+    key = stable_hash([str(Path(d) / "model.json") for d in model_dirs],
+                      [json.loads((Path(d) / "model.json").read_text()).get("hash") for d in model_dirs],
+                      ecfg["params"])
+    out: dict[str, list[Path]] = {}
+    bar = _progress() if progress else None
+    if bar:
+        bar.start()
+    try:
+        for method in ecfg["methods"]:
+            mdir = out_dir / "explain" / f"method-{method}"
+            marker = mdir / "hash.txt"
+            if marker.exists() and marker.read_text() != key:
+                shutil.rmtree(mdir)
+            write_text(marker, key)
+            task = bar.add_task(f"explain {method}", total=len(idx), status="") if bar else None
+            paths = []
+            todo = []
+            for i in idx:
+                p = relevance_path(out_dir, method, table["participant_id"].iloc[i], res)
+                paths.append(p)
+                if not p.exists():
+                    todo.append((i, p))
+                elif bar:
+                    bar.advance(task)
+            params = dict(ecfg["params"].get(method, {}))
+            bs = max(1, int(ecfg["batch_size"]))
+            for start in range(0, len(todo), bs):
+                chunk = todo[start : start + bs]
+                vols = torch.as_tensor(np.stack([np.asarray(x[i]) for i, _ in chunk]))
+                maps = explain_ensemble(models, vols, method, **params)
+                for (i, p), rel in zip(chunk, maps, strict=True):
+                    save_nifti(
+                        rel[0], grid.affine, p, metadata={"space": TEMPLATE_SPACE, "method": method}
+                    )
+                if bar:
+                    bar.advance(task, len(chunk))
+            out[method] = paths
+    finally:
+        if bar:
+            bar.stop()
+    return out
+
+
+def population_stage(maps: dict[str, list[Path]], out_dir: Path, cfg: dict) -> dict:
+    """Population maps and atlas region tables per method (METHODS §9).
+
+    Returns
+    -------
+    dict
+        ``{method: {"maps": {...paths}, "regions": {atlas: path}}}``.
+    """
+    import nibabel as nib
+
+    from brainage.atlas import load_atlas, region_table
+    from brainage.population import write_population_maps
+
+    pcfg = cfg["population"]
+    res = cfg["train"]["resolution_mm"]
+    grid = template_grid(res)
+    mask = template_array("mask", res)
+    atlases = {name: load_atlas(name, grid) for name in pcfg["atlases"]}
+    out = {}
+    for method, paths in maps.items():
+        if not paths:
+            continue
+        stack = np.stack([np.asarray(nib.load(str(p)).dataobj, dtype=np.float32) for p in paths])
+        written = write_population_maps(
+            stack, mask, grid, out_dir / "population", method,
+            normalise=pcfg["normalise"], fraction=pcfg["top_fraction"], sigma_vox=pcfg["sigma_vox"],
+        )
+        mean_map = np.asarray(nib.load(str(written["mean"])).dataobj, dtype=np.float32)
+        regions = {}
+        for name, atlas in atlases.items():
+            tab = region_table(mean_map, atlas, mask=mask, top_fraction=pcfg["top_fraction"])
+            p = out_dir / "regions" / f"method-{method}_atlas-{name}_regions.tsv"
+            write_tsv(p, tab)
+            regions[name] = p
+        out[method] = {"maps": written, "regions": regions}
+    return out
+
+
+# --------------------------------------------------------------------------- the main job
+
+
+def _dataset_description(cfg: dict, seeds: list[int], source: str) -> dict:
+    return {
+        "Name": "brainage run",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "brainage", "Version": __version__}],
+        "SourceDatasets": [{"URL": str(source)}],
+        "brainage": {"config": cfg, "seeds": seeds},
+    }
+
+
+def run(
+    cohort: Cohort,
+    out_dir: str | Path,
+    config: dict | None = None,
+    progress: bool = True,
+    report: bool = True,
+) -> RunResult:
+    """Run the whole pipeline on a cohort.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        From :func:`brainage.io.read_bids` or :func:`brainage.io.read_table`.
+    out_dir : str or Path
+        Output folder (created); see DESIGN.md for its layout. Rerunning on the same folder
+        reuses every finished output whose inputs and parameters are unchanged.
+    config : dict, optional
+        Full configuration (:func:`brainage.config.load_config`); default: the defaults.
+    progress : bool
+        Show rich progress bars.
+    report : bool
+        Write ``report.html``.
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    InputError
+        Too few usable subjects; with ``run.strict`` the first subject that fails.
+    """
+    cfg = config if config is not None else load_config()
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    console = _console()
+    timer = StageTimer()
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    seeds = seeds_of(cfg)
+    write_text(out / "config.yaml", dump_config(cfg))
+    write_json(out / "dataset_description.json", _dataset_description(cfg, seeds, cohort.source))
+
+    console.log(f"cohort: {len(cohort)} subjects from {cohort.source} ({int(cohort.has_age.sum())} with age)")
+    with timer("preprocess"):
+        table, pre_failures = preprocess_stage(cohort, out, cfg, progress)
+    failures = failures_frame(cohort.failures, "cohort")
+    failures = pd.concat([failures, failures_frame(pre_failures, "preprocess")], ignore_index=True)
+    write_tsv(out / "failures.tsv", failures)
+    if len(failures):
+        console.log(f"[yellow]{len(failures)} subject(s) failed; see {out / 'failures.tsv'}")
+    table["split"] = make_splits(
+        table, cfg["split"]["test_fraction"], cfg["split"]["validation_fraction"], cfg["seed"]
+    ).to_numpy()
+    cohort_cols = [c for c in ("participant_id", "age", "sex", "site", "split", "t1w") if c in table]
+    write_tsv(out / "cohort.tsv", table[cohort_cols])
+
+    with timer("load_volumes"):
+        x = load_volumes(table, out, cfg["train"]["resolution_mm"])
+    with timer("train"):
+        model_dirs = train_stage(x, table, out, cfg, progress)
+    with timer("predict"):
+        pred, metrics = predict_stage(x, table, model_dirs, out, cfg)
+    test = metrics[(metrics["split"] == "test") & metrics["model"].isin(["ensemble", "ensemble_corrected"])]
+    for _, r in test.iterrows():
+        console.log(f"test {r['model']}: MAE {r['mae']:.2f} years, r = {r['r']:.2f} (n = {r['n']})")
+    with timer("explain"):
+        maps = explain_stage(x, table, model_dirs, out, cfg, progress) if cfg["explain"]["methods"] else {}
+    with timer("population"):
+        population_stage(maps, out, cfg)
+    provenance = {
+        "version": __version__,
+        "command": " ".join(sys.argv),
+        "started": started,
+        "finished": None,
+        "stage_seconds": timer.seconds,
+        "seeds": seeds,
+        "device": str(select_device(cfg["train"]["device"])),
+        "n_threads": _n_threads(),
+        "python": sys.version.split()[0],
+        "libraries": _library_versions(),
+    }
+    report_path = None
+    if report:
+        with timer("report"):
+            write_json(out / "provenance.json", provenance)
+            from brainage.report import write_report
+
+            report_path = write_report(out)
+    provenance["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    provenance["stage_seconds"] = timer.seconds
+    write_json(out / "provenance.json", provenance)
+    if report_path is not None:
+        console.log(f"report: {report_path}")
+    return RunResult(out, pred, metrics, dict(timer.seconds), report_path)
+
+
+def _n_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "numpy", "nibabel", "nilearn", "antspyx", "deepbet", "zennit", "captum", "torchio"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def predict(
+    model_dir: str | Path,
+    cohort: Cohort,
+    out_dir: str | Path,
+    explain_methods: tuple[str, ...] = (),
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Apply a trained run to new subjects.
+
+    Preprocesses the new subjects exactly as in the run ``model_dir`` (its ``config.yaml``),
+    applies its base models, ridge head and age-bias correction, and writes
+    ``out_dir/predictions.tsv`` (split ``predict``; ``brain_age_gap`` where the age is known),
+    ``out_dir/failures.tsv`` and, when ages are known, ``out_dir/metrics.tsv``.
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        Output folder of an earlier :func:`run`.
+    cohort : Cohort
+        New subjects (ages optional).
+    out_dir : str or Path
+    explain_methods : tuple of str
+        Also write relevance maps with these methods.
+    progress : bool
+
+    Returns
+    -------
+    pandas.DataFrame
+        The predictions table.
+
+    Raises
+    ------
+    InputError
+        ``model_dir`` is not a finished brainage run.
+    """
+    model_dir = Path(model_dir).expanduser().resolve()
+    out = Path(out_dir).expanduser().resolve()
+    for needed in ("config.yaml", "ensemble.json", "bias_correction.json"):
+        if not (model_dir / needed).exists():
+            raise InputError(
+                f"{needed} is missing: not a finished brainage run",
+                "give the --out folder of a completed `brainage run`",
+                path=model_dir,
+            )
+    cfg = load_config(model_dir / "config.yaml")
+    ens = json.loads((model_dir / "ensemble.json").read_text())
+    head = RidgeHead.from_dict(ens["head"])
+    bc = AgeBiasCorrection.from_dict(json.loads((model_dir / "bias_correction.json").read_text()))
+    out.mkdir(parents=True, exist_ok=True)
+    table, pre_failures = preprocess_stage(cohort, out, cfg, progress)
+    failures = pd.concat(
+        [failures_frame(cohort.failures, "cohort"), failures_frame(pre_failures, "preprocess")],
+        ignore_index=True,
+    )
+    write_tsv(out / "failures.tsv", failures)
+    if table.empty:
+        raise InputError("no subject could be preprocessed", f"see {out / 'failures.tsv'}")
+    x = load_volumes(table, out, ens["resolution_mm"])
+    model_dirs = [model_dir / d for d in ens["base_models"]]
+    models = [load_model(d)[0] for d in model_dirs]
+    base = np.column_stack([predict_volumes(m, x) for m in models])
+    ages = table["age"].to_numpy(float)
+    brain_age = head.predict(base)
+    corrected = bc.transform(brain_age)
+    use = corrected if bc.recommended_ == "brain_age_corrected" else brain_age
+    pred = pd.DataFrame(
+        {
+            "participant_id": table["participant_id"],
+            "age": ages,
+            "brain_age": brain_age,
+            "brain_age_corrected": corrected,
+            "brain_age_gap": use - ages,
+            "uncertainty": ensemble_uncertainty(base),
+            "split": "predict",
+        }
+    )
+    for j, name in enumerate(ens["names"]):
+        pred[f"brain_age_{name}"] = base[:, j]
+    write_tsv(out / "predictions.tsv", pred)
+    if np.isfinite(ages).any():
+        rows = [
+            {"model": n, "split": "predict", **regression_metrics(ages, v)}
+            for n, v in [("ensemble", brain_age), ("ensemble_corrected", corrected),
+                         ("mean_age_baseline", np.full(len(ages), ens["train_mean_age"]))]
+        ]
+        write_tsv(out / "metrics.tsv", pd.DataFrame(rows))
+    if explain_methods:
+        table = table.assign(split="test")
+        cfg = dict(cfg, explain=dict(cfg["explain"], methods=list(explain_methods), subjects="test"))
+        explain_stage(x, table, model_dirs, out, cfg, progress)
+    return pred
+
+
+def demo(
+    out_dir: str | Path = "brainage-demo",
+    n_subjects: int = 120,
+    seed: int = 0,
+    progress: bool = True,
+) -> RunResult:
+    """Run the whole pipeline on a synthetic cohort made on the fly.
+
+    Simulates ``n_subjects`` brain phantoms from the MNI152 template with age-dependent ventricle
+    enlargement, cortical thinning and white-matter lesions (:mod:`brainage.simulate`) into
+    ``out_dir/sourcedata/phantoms`` (a BIDS dataset with ground truth), then calls :func:`run`
+    with :data:`brainage.config.DEMO_OVERRIDES` (4 mm, no skull stripping or registration since
+    the phantoms are skull-free and already in template space).
+
+    Returns
+    -------
+    RunResult
+    """
+    from brainage.simulate import simulate_cohort
+
+    out = Path(out_dir).expanduser().resolve()
+    cfg = load_config(overrides={**DEMO_OVERRIDES, "seed": seed})
+    t0 = time.perf_counter()
+    bids = out / "sourcedata" / "phantoms"
+    if not (bids / "participants.tsv").exists():
+        simulate_cohort(
+            bids, n_subjects=n_subjects, resolution_mm=cfg["preprocess"]["resolution_mm"],
+            seed=seed, progress=progress,
+        )
+    _console().log(f"simulated {n_subjects} phantoms in {time.perf_counter() - t0:.1f} s")
+    return run(read_bids(bids), out, cfg, progress=progress)
+
+
+def preprocess_only(cohort: Cohort, out_dir: str | Path, config: dict, progress: bool = True):
+    """Run only the preprocessing stage and write ``failures.tsv`` (``brainage preprocess``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The preprocessed subjects with their output paths and registration quality.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    table, pre_failures = preprocess_stage(cohort, out, config, progress)
+    failures = pd.concat(
+        [failures_frame(cohort.failures, "cohort"), failures_frame(pre_failures, "preprocess")],
+        ignore_index=True,
+    )
+    write_tsv(out / "failures.tsv", failures)
+    return table

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from brainage.ensemble import (
+    AgeBiasCorrection,
+    RidgeHead,
+    ensemble_uncertainty,
+    regression_metrics,
+    residualize_gap,
+)
+
+
+def test_ridge_head_recovers_weights():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(20, 80, 200)
+    p = np.column_stack([truth + rng.normal(0, s, 200) for s in (2, 10, 30)])
+    head = RidgeHead(alpha=1.0).fit(p, truth)
+    assert head.coef_[0] > head.coef_[1] > head.coef_[2] >= 0
+    assert regression_metrics(truth, head.predict(p))["mae"] < regression_metrics(truth, p.mean(1))["mae"]
+    again = RidgeHead.from_dict(head.to_dict())
+    np.testing.assert_allclose(again.predict(p), head.predict(p))
+    oof = head.cross_val_predict(p, truth)
+    assert oof.shape == (200,) and np.mean(np.abs(oof - truth)) < 3
+
+
+def test_uncertainty_matches_t_interval():
+    p = np.array([[40.0, 42.0, 44.0], [50.0, 50.0, 50.0]])
+    w = ensemble_uncertainty(p)
+    lo, hi = stats.t.interval(0.95, 2, loc=42, scale=stats.sem([40, 42, 44]))
+    assert w[0] == pytest.approx(hi - lo)
+    assert w[1] == 0
+    assert np.isnan(ensemble_uncertainty(p[:, :1])).all()
+
+
+def test_bias_correction_known_answer():
+    age = np.linspace(20, 80, 50)
+    pred = 0.6 * age + 20  # regression to the mean, no noise
+    bc = AgeBiasCorrection(n_bootstrap=200).fit(age, pred)
+    assert bc.slope_ == pytest.approx(0.6) and bc.intercept_ == pytest.approx(20)
+    np.testing.assert_allclose(bc.transform(pred), age)
+    assert bc.recommended_ == "brain_age_corrected" and bc.warnings_ == []
+    assert bc.slope_ci_[0] == pytest.approx(0.6) and bc.slope_ci_[1] == pytest.approx(0.6)
+
+
+def test_bias_correction_guard_flat_slope():
+    rng = np.random.default_rng(1)
+    age = rng.uniform(20, 80, 20)
+    pred = 50 + 0.05 * (age - 50) + rng.normal(0, 5, 20)  # under-fitting model
+    with pytest.warns(UserWarning, match="age-bias correction"):
+        bc = AgeBiasCorrection(n_bootstrap=200).fit(age, pred)
+    assert bc.recommended_ == "brain_age"
+    assert any("slope" in w for w in bc.warnings_)
+    d = bc.to_dict()
+    assert d["recommended_column"] == "brain_age"
+    assert AgeBiasCorrection.from_dict(d).transform([50.0])[0] == pytest.approx(bc.transform([50.0])[0])
+
+
+def test_residualize_gap_removes_age_dependence():
+    age = np.linspace(20, 80, 30)
+    gap = -0.4 * (age - 50) + np.sin(age)
+    res = residualize_gap(gap, age)
+    assert abs(np.corrcoef(age, res)[0, 1]) < 1e-8
+
+
+def test_regression_metrics_ignores_nan():
+    m = regression_metrics([20, 30, np.nan, 50], [22, 27, 40, 50])
+    assert m["n"] == 3 and m["mae"] == pytest.approx(5 / 3)

@@ -1,0 +1,83 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from brainage.config import load_config, seeds_of
+from brainage.errors import ConfigError
+from brainage.models import build_model
+from brainage.train import TrainConfig, fold_target_scaling, load_model, predict_volumes, train_model
+
+
+def _data(n=24, shape=(12, 14, 10), seed=0):
+    rng = np.random.default_rng(seed)
+    ages = rng.uniform(20, 80, n)
+    x = rng.normal(0, 0.1, (n, 1, *shape)).astype(np.float32)
+    x[:, 0, 3:8, 3:9, 2:7] += ((ages - 50) / 30)[:, None, None, None]
+    return x, ages
+
+
+def _cfg(**kw):
+    base = dict(epochs=6, patience=10, batch_size=6, augment=[], model_params={"filters": (4, 4, 8, 8, 4), "dense": 8})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_fold_target_scaling_matches_affine_map():
+    m = build_model("hofmann", input_shape=(12, 14, 10), filters=(4, 4, 4, 4, 4), dense=8, mean_age=0.0).eval()
+    x = torch.randn(3, 1, 12, 14, 10)
+    z = m(x).detach()
+    fold_target_scaling(m, 47.0, 12.5)
+    torch.testing.assert_close(m(x).detach(), 47.0 + 12.5 * z)
+    assert m.output_layer.bias.item() == pytest.approx(47.0)
+
+
+def test_training_learns_is_seeded_and_bias_is_mean_age(tmp_path):
+    x, ages = _data()
+    r1 = train_model(x[:18], ages[:18], x[18:], ages[18:], _cfg(), seed=5)
+    r2 = train_model(x[:18], ages[:18], x[18:], ages[18:], _cfg(), seed=5)
+    pd.testing.assert_frame_equal(r1.log.drop(columns="seconds"), r2.log.drop(columns="seconds"))
+    # output bias = training mean age (held fixed, paper 001)
+    assert r1.model.output_layer.bias.item() == pytest.approx(ages[:18].mean(), rel=1e-5)
+    assert r1.log["train_mae"].iloc[-1] < r1.log["train_mae"].iloc[0]
+
+
+def test_training_resumes_from_checkpoint(tmp_path):
+    x, ages = _data()
+    full = train_model(x[:18], ages[:18], x[18:], ages[18:], _cfg(), seed=2, out_dir=tmp_path / "full")
+    # a run "killed" after 3 epochs: train 3 epochs, keep only the checkpoint
+    part_dir = tmp_path / "part"
+    calls = []
+
+    def stop_after_3(epoch, total, mae):
+        calls.append(epoch)
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(x[:18], ages[:18], x[18:], ages[18:], _cfg(), seed=2, out_dir=part_dir, progress=stop_after_3)
+    assert (part_dir / "checkpoint.pt").exists() and not (part_dir / "model.json").exists()
+    resumed = train_model(x[:18], ages[:18], x[18:], ages[18:], _cfg(), seed=2, out_dir=part_dir)
+    np.testing.assert_allclose(resumed.log["val_mae"], full.log["val_mae"], rtol=1e-5)
+    model, meta = load_model(part_dir)
+    np.testing.assert_allclose(predict_volumes(model, x[18:]), predict_volumes(full.model, x[18:]), rtol=1e-5)
+    assert meta["seed"] == 2 and not (part_dir / "checkpoint.pt").exists()
+    # finished: a third call loads instead of training
+    again = train_model(x[:18], ages[:18], x[18:], ages[18:], _cfg(epochs=1), seed=2, out_dir=part_dir)
+    assert len(again.log) == len(full.log)
+
+
+def test_train_config_validation():
+    with pytest.raises(ConfigError, match="'train.loss'"):
+        TrainConfig(loss="huber")
+    assert TrainConfig.paper().lr == 5e-4
+
+
+def test_config_unknown_key_did_you_mean(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epocs: 3\n")
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        load_config(p)
+    p.write_text("ensemble:\n  n_seeds: 4\ntrain:\n  model_params: {dense: 32}\n")
+    cfg = load_config(p)
+    assert seeds_of(cfg) == [0, 1, 2, 3] and cfg["train"]["model_params"] == {"dense": 32}
