@@ -392,7 +392,7 @@ def population_stage(maps: dict[str, list[Path]], out_dir: Path, cfg: dict) -> d
             continue
         stack = np.stack([np.asarray(nib.load(str(p)).dataobj, dtype=np.float32) for p in paths])
         written = write_population_maps(
-            stack, mask, grid, out_dir / "population", method,
+            stack, mask, grid, out_dir, method,
             normalise=pcfg["normalise"], fraction=pcfg["top_fraction"], sigma_vox=pcfg["sigma_vox"],
         )
         mean_map = np.asarray(nib.load(str(written["mean"])).dataobj, dtype=np.float32)

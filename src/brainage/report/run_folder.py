@@ -1,0 +1,261 @@
+"""Reading the files of a run folder ``OUT`` for the report.
+
+Only ``predictions.tsv`` is required. Every other file is optional: when it is missing its field
+is None; when it exists but cannot be read, its field is None and the reason is appended to
+``RunFolder.problems`` (the report shows it instead of failing).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from brainage.errors import InputError
+
+_POP_RE = re.compile(
+    r"^method-(?P<method>.+?)_space-(?P<space>[^_]+)_res-(?P<res>[^_]+)_"
+    r"(?P<kind>stat-mean|desc-top10)_relevance\.nii(\.gz)?$"
+)
+_REG_RE = re.compile(r"^method-(?P<method>.+?)_atlas-(?P<atlas>.+)_regions\.tsv$")
+
+
+@dataclass
+class RunFolder:
+    """The contents of a run folder, as far as they exist.
+
+    Attributes
+    ----------
+    root : Path
+    predictions : pandas.DataFrame
+        ``predictions.tsv`` (ages in years; ``participant_id`` as str).
+    cohort, failures, qc, metrics : pandas.DataFrame or None
+    bias : dict or None
+        ``bias_correction.json``.
+    provenance, description : dict or None
+        ``provenance.json`` and ``dataset_description.json``.
+    config_text : str or None
+        ``config.yaml`` as text (or the config of ``dataset_description.json`` as YAML).
+    training_logs : dict of (str, str) to pandas.DataFrame
+        ``(condition, "seed-<n>") → training_log.tsv``.
+    population : dict of str to dict
+        ``method → {"mean": Path, "top10": Path, "res": str, "space": str}`` (keys present only
+        when the file exists).
+    regions : dict of str to dict of str to pandas.DataFrame
+        ``method → atlas → region table``.
+    problems : list of str
+        Files that exist but could not be read, with the reason.
+    """
+
+    root: Path
+    predictions: pd.DataFrame
+    cohort: pd.DataFrame | None = None
+    failures: pd.DataFrame | None = None
+    qc: pd.DataFrame | None = None
+    metrics: pd.DataFrame | None = None
+    bias: dict | None = None
+    provenance: dict | None = None
+    description: dict | None = None
+    config_text: str | None = None
+    training_logs: dict = field(default_factory=dict)
+    population: dict = field(default_factory=dict)
+    regions: dict = field(default_factory=dict)
+    problems: list = field(default_factory=list)
+
+    @property
+    def methods(self) -> list[str]:
+        """Explanation methods with a population map or a region table, sorted."""
+        return sorted(set(self.population) | set(self.regions))
+
+
+def read_tsv(path) -> pd.DataFrame:
+    """Read a brainage TSV (``n/a`` = missing; ``participant_id`` kept as text)."""
+    return pd.read_csv(
+        path,
+        sep="\t",
+        na_values=["n/a", "N/A", "NA", ""],
+        keep_default_na=False,
+        dtype={"participant_id": str},
+    )
+
+
+def _optional(run: RunFolder, path: Path, reader):
+    if not path.exists():
+        return None
+    try:
+        return reader(path)
+    except Exception as exc:  # any unreadable file is reported, not fatal
+        run.problems.append(f"{path.relative_to(run.root)}: {type(exc).__name__}: {exc}"[:300])
+        return None
+
+
+def _read_json(path: Path) -> dict:
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object")
+    return obj
+
+
+def _require(frame: pd.DataFrame, columns, path: Path) -> pd.DataFrame:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"missing column(s) {', '.join(missing)} in {path.name}")
+    return frame
+
+
+def read_run_folder(out_dir) -> RunFolder:
+    """Read the run folder ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Output folder of a brainage run (layout in DESIGN.md).
+
+    Returns
+    -------
+    RunFolder
+
+    Raises
+    ------
+    InputError
+        ``out_dir`` or ``predictions.tsv`` is missing, or ``predictions.tsv`` lacks the columns
+        ``participant_id``, ``age``, ``brain_age`` or ``split``.
+    """
+    root = Path(out_dir)
+    if not root.is_dir():
+        raise InputError("run folder does not exist", "give the --out folder of a run", path=root)
+    pred_path = root / "predictions.tsv"
+    if not pred_path.exists():
+        raise InputError(
+            "predictions.tsv not found in the run folder",
+            "run the predict stage first (brainage run / brainage predict)",
+            path=root,
+        )
+    try:
+        predictions = read_tsv(pred_path)
+    except Exception as exc:
+        raise InputError(f"cannot read predictions.tsv ({exc})", path=pred_path) from None
+    needed = ["participant_id", "age", "brain_age", "split"]
+    missing = [c for c in needed if c not in predictions.columns]
+    if missing:
+        raise InputError(
+            f"predictions.tsv lacks the column(s) {', '.join(missing)}",
+            "rerun the predict stage of this brainage version",
+            path=pred_path,
+        )
+    for c in predictions.columns:
+        if c == "age" or c.startswith("brain_age") or c == "uncertainty":
+            predictions[c] = pd.to_numeric(predictions[c], errors="coerce")
+    predictions["split"] = predictions["split"].astype(str)
+    run = RunFolder(root=root, predictions=predictions)
+
+    run.cohort = _optional(
+        run, root / "cohort.tsv", lambda p: _require(read_tsv(p), ["participant_id"], p)
+    )
+    run.failures = _optional(run, root / "failures.tsv", read_tsv)
+    run.qc = _optional(
+        run,
+        root / "preproc" / "qc.tsv",
+        lambda p: _require(read_tsv(p), ["participant_id", "reg_quality"], p),
+    )
+    run.metrics = _optional(
+        run, root / "metrics.tsv", lambda p: _require(read_tsv(p), ["model", "split", "mae"], p)
+    )
+    run.bias = _optional(run, root / "bias_correction.json", _read_json)
+    run.provenance = _optional(run, root / "provenance.json", _read_json)
+    run.description = _optional(run, root / "dataset_description.json", _read_json)
+    run.config_text = _optional(run, root / "config.yaml", lambda p: p.read_text(encoding="utf-8"))
+    if run.config_text is None and run.description:
+        config = (run.description.get("brainage") or {}).get("config")
+        if config:
+            import yaml
+
+            run.config_text = yaml.safe_dump(config, sort_keys=False)
+
+    for log in sorted(root.glob("models/*/seed-*/training_log.tsv")):
+        frame = _optional(run, log, lambda p: _require(read_tsv(p), ["epoch"], p))
+        if frame is not None:
+            run.training_logs[(log.parent.parent.name, log.parent.name)] = frame
+
+    for path in sorted((root / "population").glob("method-*_relevance.nii*")):
+        m = _POP_RE.match(path.name)
+        if m is None:
+            continue
+        entry = run.population.setdefault(m["method"], {})
+        entry["mean" if m["kind"] == "stat-mean" else "top10"] = path
+        entry.setdefault("res", m["res"])
+        entry.setdefault("space", m["space"])
+
+    for path in sorted((root / "regions").glob("method-*_atlas-*_regions.tsv")):
+        m = _REG_RE.match(path.name)
+        if m is None:
+            continue
+        table = _optional(
+            run, path, lambda p: _require(read_tsv(p), ["region", "mean_relevance"], p)
+        )
+        if table is not None:
+            run.regions.setdefault(m["method"], {})[m["atlas"]] = table
+    return run
+
+
+def metrics_from_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Compute ``metrics.tsv``-like rows from ``predictions.tsv`` (subjects with known age).
+
+    Parameters
+    ----------
+    predictions : pandas.DataFrame
+        Columns ``age``, ``split``, ``brain_age`` and optionally ``brain_age_corrected`` and
+        ``brain_age_<model>`` (years).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``model, split, n, mae, r, rmse``; models ``ensemble`` (``brain_age``),
+        ``ensemble_corrected`` (``brain_age_corrected``) and ``<model>`` for ``brain_age_<model>``.
+    """
+    rows = []
+    known = predictions[predictions["age"].notna()]
+    for col in predictions.columns:
+        model = column_to_model(col)
+        if model is None:
+            continue
+        for split, part in known.groupby("split", sort=False):
+            ok = part[col].notna()
+            y, p = part.loc[ok, "age"].to_numpy(float), part.loc[ok, col].to_numpy(float)
+            if len(y) == 0:
+                continue
+            r = (
+                float(np.corrcoef(y, p)[0, 1])
+                if len(y) > 2 and y.std() > 0 and p.std() > 0
+                else np.nan
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "split": split,
+                    "n": len(y),
+                    "mae": float(np.mean(np.abs(p - y))),
+                    "r": r,
+                    "rmse": float(np.sqrt(np.mean((p - y) ** 2))),
+                }
+            )
+    return pd.DataFrame(rows, columns=["model", "split", "n", "mae", "r", "rmse"])
+
+
+def column_to_model(column: str) -> str | None:
+    """Map a prediction column to its model name in ``metrics.tsv`` (None if not a prediction).
+
+    ``brain_age`` → ``ensemble``; ``brain_age_corrected`` → ``ensemble_corrected``;
+    ``brain_age_<m>`` → ``<m>``; ``brain_age_gap`` → None.
+    """
+    if column == "brain_age":
+        return "ensemble"
+    if column == "brain_age_corrected":
+        return "ensemble_corrected"
+    if column == "brain_age_gap" or not column.startswith("brain_age_"):
+        return None
+    return column[len("brain_age_") :]
