@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "sigma_vox": 1.0,
         "atlases": ["aal", "harvard_oxford"],
     },
+    "evaluate": {"randomisation": True, "n_subjects": 4, "threshold": 0.5, "top_fraction": 0.01},
     "run": {"n_jobs": 2, "backend": "processes", "dask_address": None, "strict": False},
 }
 

@@ -285,15 +285,55 @@ def predict_stage(
     return pred, metrics
 
 
-def relevance_path(out_dir: Path, method: str, pid: str, resolution_mm: float) -> Path:
-    """Where the relevance map of ``pid`` for ``method`` is written (template space)."""
+def relevance_path(
+    out_dir: Path, method: str, pid: str, resolution_mm: float, model: str | None = None
+) -> Path:
+    """Where the relevance map of ``pid`` for ``method`` is written (template space).
+
+    ``model=None`` gives the ensemble map (mean over base models); ``model="seed-0"`` the map of
+    one base model, under ``explain/method-<m>/seed-0/``.
+    """
     label = _bids_label(pid)
-    return (
-        out_dir
-        / "explain"
-        / f"method-{method}"
-        / f"{label}_space-{TEMPLATE_SPACE}_res-{resolution_mm:g}_desc-{method.replace('_', '')}_relevance.nii.gz"
-    )
+    folder = out_dir / "explain" / f"method-{method}"
+    if model is not None:
+        folder = folder / model
+    name = f"{label}_space-{TEMPLATE_SPACE}_res-{resolution_mm:g}_desc-{method.replace('_', '')}_relevance.nii.gz"
+    return folder / name
+
+
+def _explained_rows(table: pd.DataFrame, which: str) -> np.ndarray:
+    """Row indices of the subjects to explain: ``test``, ``heldout`` (validation + test) or ``all``."""
+    if which == "test":
+        sel = table["split"] == "test"
+    elif which == "heldout":
+        sel = table["split"].isin(["validation", "test"])
+    elif which == "all":
+        sel = pd.Series(True, index=table.index)
+    else:
+        from brainage.errors import ConfigError
+
+        raise ConfigError(f"'explain.subjects' must be 'test', 'heldout' or 'all'; got {which!r}")
+    return np.flatnonzero(sel.to_numpy())
+
+
+def _fit_noise_models(x, table, model_dirs, models, cfg, progress):
+    """Fit (or load) one 3D U-Noise model per base model, saved beside it (paper 002)."""
+    from brainage.explain.unoise import fit_unoise
+
+    params = dict(cfg["explain"]["params"].get("unoise_fit", {}))
+    n_fit = int(params.pop("n_subjects", 64))
+    train = np.flatnonzero((table["split"] == "train").to_numpy())[:n_fit]
+    val = np.flatnonzero((table["split"] == "validation").to_numpy())
+    ages = table["age"].to_numpy(float)
+    noise = []
+    for d, m in zip(model_dirs, models, strict=True):
+        noise.append(
+            fit_unoise(
+                m, np.asarray(x[train]), ages[train], np.asarray(x[val]), ages[val],
+                seed=cfg["seed"], out_path=Path(d) / "unoise.pt", **params,
+            )
+        )
+    return noise
 
 
 def explain_stage(
@@ -304,61 +344,62 @@ def explain_stage(
     cfg: dict,
     progress: bool = True,
 ) -> dict[str, list[Path]]:
-    """Relevance maps of the chosen subjects for every method, averaged over the base models.
+    """Relevance maps of the chosen subjects for every method (METHODS §8).
 
-    Maps are written as NIfTI in template space (the model's input grid). A subject's map is
-    skipped when its file exists for the same models and parameters.
+    Each base model's map is written under ``explain/method-<m>/seed-<n>/`` and their mean (the
+    ensemble map, paper 001) under ``explain/method-<m>/``, as NIfTI in template space (the
+    model's input grid). A subject is skipped when its maps exist for the same models and
+    parameters. ``"unoise"`` first fits one noise model per base model (cached beside it).
 
     Returns
     -------
     dict of str to list of Path
-        Map files per method, in the order of the explained subjects.
+        Ensemble map files per method, in the order of the explained subjects.
     """
     import torch
 
-    from brainage.explain import explain_ensemble
+    from brainage.explain import explain
 
     ecfg = cfg["explain"]
     res = cfg["train"]["resolution_mm"]
     grid = template_grid(res)
-    which = ecfg["subjects"]
-    sel = table["split"].isin(["test"] if which == "test" else ["validation", "test"] if which == "heldout" else table["split"].unique())
-    idx = np.flatnonzero(sel.to_numpy())
-    models = [load_model(d)[0] for d in model_dirs]
-    key = stable_hash([str(Path(d) / "model.json") for d in model_dirs],
-                      [json.loads((Path(d) / "model.json").read_text()).get("hash") for d in model_dirs],
-                      ecfg["params"])
+    idx = _explained_rows(table, ecfg["subjects"])
+    loaded = [load_model(d) for d in model_dirs]
+    models = [m for m, _ in loaded]
+    names = [f"seed-{meta['seed']}" for _, meta in loaded]
     out: dict[str, list[Path]] = {}
     bar = _progress() if progress else None
     if bar:
         bar.start()
     try:
         for method in ecfg["methods"]:
+            params = dict(ecfg["params"].get(method, {}))
+            per_model_params = [dict(params) for _ in models]
+            key = stable_hash([meta.get("hash") for _, meta in loaded], method, params,
+                              ecfg["params"].get("unoise_fit") if method == "unoise" else None)
             mdir = out_dir / "explain" / f"method-{method}"
             marker = mdir / "hash.txt"
             if marker.exists() and marker.read_text() != key:
                 shutil.rmtree(mdir)
+            paths = [relevance_path(out_dir, method, table["participant_id"].iloc[i], res) for i in idx]
+            todo = [(i, p) for i, p in zip(idx, paths, strict=True) if not p.exists()]
+            if todo and method == "unoise":
+                for pm, noise in zip(per_model_params, _fit_noise_models(x, table, model_dirs, models, cfg, progress), strict=True):
+                    pm["noise_model"] = noise
             write_text(marker, key)
-            task = bar.add_task(f"explain {method}", total=len(idx), status="") if bar else None
-            paths = []
-            todo = []
-            for i in idx:
-                p = relevance_path(out_dir, method, table["participant_id"].iloc[i], res)
-                paths.append(p)
-                if not p.exists():
-                    todo.append((i, p))
-                elif bar:
-                    bar.advance(task)
-            params = dict(ecfg["params"].get(method, {}))
+            task = bar.add_task(f"explain {method}", total=len(idx), completed=len(idx) - len(todo), status="") if bar else None
             bs = max(1, int(ecfg["batch_size"]))
             for start in range(0, len(todo), bs):
                 chunk = todo[start : start + bs]
                 vols = torch.as_tensor(np.stack([np.asarray(x[i]) for i, _ in chunk]))
-                maps = explain_ensemble(models, vols, method, **params)
-                for (i, p), rel in zip(chunk, maps, strict=True):
-                    save_nifti(
-                        rel[0], grid.affine, p, metadata={"space": TEMPLATE_SPACE, "method": method}
-                    )
+                maps = [explain(m, vols, method, batch_size=bs, **pm) for m, pm in zip(models, per_model_params, strict=True)]
+                for c, (i, p) in enumerate(chunk):
+                    pid = table["participant_id"].iloc[i]
+                    meta = {"space": TEMPLATE_SPACE, "method": method}
+                    for name, mp in zip(names, maps, strict=True):
+                        save_nifti(mp[c, 0], grid.affine, relevance_path(out_dir, method, pid, res, name), metadata=meta)
+                    mean = np.mean([mp[c, 0] for mp in maps], axis=0)
+                    save_nifti(mean, grid.affine, p, metadata=meta)  # written last: completion marker
                 if bar:
                     bar.advance(task, len(chunk))
             out[method] = paths
@@ -404,6 +445,103 @@ def population_stage(maps: dict[str, list[Path]], out_dir: Path, cfg: dict) -> d
             regions[name] = p
         out[method] = {"maps": written, "regions": regions}
     return out
+
+
+def _load_truth(truth_dir: Path, pid: str, name: str, grid) -> np.ndarray | None:
+    """One ground-truth mask of a simulated subject on ``grid`` (nearest neighbour), or None."""
+    import nibabel as nib
+
+    from brainage.space import resample_to_grid
+
+    label = _bids_label(pid)
+    found = sorted((truth_dir / label / "anat").glob(f"{label}_*desc-{name}_mask.nii*"))
+    if not found:
+        return None
+    img = resample_to_grid(nib.load(str(found[0])), grid, "nearest")
+    return np.asarray(img.dataobj) > 0.5
+
+
+def evaluate_stage(
+    x: np.ndarray,
+    table: pd.DataFrame,
+    model_dirs: list[Path],
+    maps: dict[str, list[Path]],
+    out_dir: Path,
+    cfg: dict,
+    truth_dir: Path | None,
+) -> pd.DataFrame | None:
+    """Score the explanation methods: ground truth, randomisation check, seed agreement, lesions.
+
+    Writes ``OUT/evaluation/xai.tsv`` (one row per method; METHODS §11, Adebayo et al. 2018) and,
+    when lesion masks exist, ``OUT/evaluation/lesions.tsv`` (paper 003). Without ground truth
+    (real data) the table still holds the randomisation check and the seed agreement.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        The xai table; None when no maps were made.
+    """
+    import nibabel as nib
+    import torch
+
+    from brainage.evaluate import cascading_randomisation, evaluate_explanations, seed_agreement, write_xai_table
+    from brainage.population import normalise_maps
+    from brainage.stats import lesion_relevance_test, write_lesion_table
+
+    if not maps:
+        return None
+    ecfg = cfg["evaluate"]
+    res = cfg["train"]["resolution_mm"]
+    grid = template_grid(res)
+    brain = template_array("mask", res)
+    idx = _explained_rows(table, cfg["explain"]["subjects"])
+    pids = table["participant_id"].iloc[idx].tolist()
+    loaded = [load_model(d) for d in model_dirs]
+    names = [f"seed-{meta['seed']}" for _, meta in loaded]
+
+    def read(paths):
+        return np.stack([np.asarray(nib.load(str(p)).dataobj, dtype=np.float32) for p in paths])
+
+    stacks = {m: read(paths) for m, paths in maps.items()}
+    agreement = {}
+    for method in maps:
+        per_seed = []
+        for name in names:
+            seed_paths = [relevance_path(out_dir, method, pid, res, name) for pid in pids]
+            if all(p.exists() for p in seed_paths):
+                per_seed.append(normalise_maps(read(seed_paths), brain).mean(axis=0))
+        if len(per_seed) >= 2:
+            agreement[method] = seed_agreement(per_seed, brain, fraction=ecfg["top_fraction"])
+    randomisation = {}
+    if ecfg["randomisation"]:
+        n = min(int(ecfg["n_subjects"]), len(idx))
+        vols = torch.as_tensor(np.stack([np.asarray(x[i]) for i in idx[:n]]))
+        for method in maps:
+            if method in ("unoise",):
+                continue  # needs a noise model refitted per randomised network
+            params = dict(cfg["explain"]["params"].get(method, {}))
+            randomisation[method] = cascading_randomisation(
+                loaded[0][0], vols, method, cfg["seed"], mask=brain, **params
+            )
+    truths = None
+    if truth_dir is not None:
+        found = [_load_truth(truth_dir, pid, "ageeffect", grid) for pid in pids]
+        if all(t is not None for t in found):
+            truths = np.stack(found)
+        lesions = [_load_truth(truth_dir, pid, "lesions", grid) for pid in pids]
+        if all(m is not None for m in lesions):
+            results = {m: lesion_relevance_test(stack, np.stack(lesions), brain) for m, stack in stacks.items()}
+            write_lesion_table(results, out_dir)
+    if truths is None:
+        truths = np.zeros((len(pids), *grid.shape), dtype=bool)
+    table_xai = evaluate_explanations(
+        stacks, truths, brain, randomisation=randomisation or None,
+        seed_agreement=agreement or None, threshold=ecfg["threshold"],
+    )
+    if truth_dir is None:
+        table_xai[["mass_accuracy", "mask_fraction", "roc_auc", "topk_precision"]] = np.nan
+    write_xai_table(table_xai, out_dir)
+    return table_xai
 
 
 # --------------------------------------------------------------------------- the main job
@@ -489,6 +627,8 @@ def run(
         maps = explain_stage(x, table, model_dirs, out, cfg, progress) if cfg["explain"]["methods"] else {}
     with timer("population"):
         population_stage(maps, out, cfg)
+    with timer("evaluate"):
+        evaluate_stage(x, table, model_dirs, maps, out, cfg, cohort.truth_dir)
     provenance = {
         "version": __version__,
         "command": " ".join(sys.argv),
