@@ -218,7 +218,7 @@ class AgeBiasCorrection:
             unstable = True
             self.warnings_.append(
                 f"the 95 % interval of the slope ({self.slope_ci_[0]:.2f}, {self.slope_ci_[1]:.2f}) "
-                "includes 0"
+                "is not above 0"
             )
         if self.val_mae_after_cv_ > self.val_mae_before_ * 1.10:
             unstable = True

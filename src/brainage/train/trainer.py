@@ -171,7 +171,7 @@ def predict_volumes(
         device = next(model.parameters()).device
     out = []
     for start in range(0, len(volumes), batch_size):
-        xb = torch.as_tensor(np.asarray(volumes[start : start + batch_size])).to(device)
+        xb = torch.as_tensor(np.array(volumes[start : start + batch_size], dtype=np.float32)).to(device)
         out.append(model(xb).float().reshape(-1).cpu().numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 

@@ -1,0 +1,117 @@
+"""End-to-end: the main job on a tiny phantom cohort, rerun from cache, predict on new subjects."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainage.config import DEMO_OVERRIDES, load_config, merge
+from brainage.io import read_bids
+from brainage.pipeline import predict, run
+
+pytestmark = pytest.mark.integration
+
+TINY = {
+    "seed": 0,
+    "ensemble": {"n_seeds": 2},
+    "train": {"epochs": 3, "patience": 3, "batch_size": 8,
+              "model_params": {"filters": [8, 8, 16, 16, 8], "dense": 16}},
+    "bias_correction": {"n_bootstrap": 50},
+    "population": {"atlases": ["aal"]},
+    "run": {"n_jobs": 1, "backend": "serial"},
+}
+
+PRED_COLUMNS = ["participant_id", "age", "brain_age", "brain_age_corrected", "brain_age_gap",
+                "uncertainty", "split"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from brainage.simulate import simulate_cohort
+
+    root = tmp_path_factory.mktemp("e2e")
+    bids = simulate_cohort(root / "bids", n_subjects=40, resolution_mm=4.0, seed=1, progress=False)
+    # one subject without age: predicted, never trained on or scored
+    parts = pd.read_csv(bids / "participants.tsv", sep="\t", dtype=str)
+    parts.loc[0, "age"] = "n/a"
+    parts.to_csv(bids / "participants.tsv", sep="\t", index=False)
+    cfg = merge(load_config(overrides=DEMO_OVERRIDES), TINY)
+    result = run(read_bids(bids), root / "out", cfg, progress=False)
+    return root, bids, cfg, result
+
+
+def test_run_outputs(tiny_run):
+    root, bids, cfg, result = tiny_run
+    out = root / "out"
+    pred = pd.read_csv(out / "predictions.tsv", sep="\t")
+    assert list(pred.columns[:7]) == PRED_COLUMNS
+    assert {"brain_age_seed-0", "brain_age_seed-1"} <= set(pred.columns)
+    assert len(pred) == 40
+    no_age = pred[pred["age"].isna()]
+    assert len(no_age) == 1 and set(no_age["split"]) == {"predict"}
+    assert np.isfinite(pred["brain_age"]).all() and (pred["uncertainty"] >= 0).all()
+    # the gap is computed from the recommended column
+    bias = json.loads((out / "bias_correction.json").read_text())
+    col = bias["recommended_column"]
+    known = pred.dropna(subset=["age"])
+    np.testing.assert_allclose(known["brain_age_gap"], known[col] - known["age"], atol=1e-3)
+    metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
+    assert {"seed-0", "seed-1", "ensemble", "ensemble_corrected", "mean_age_baseline"} <= set(metrics["model"])
+    # relevance maps: one per test subject and method, in template space
+    n_test = int((pred["split"] == "test").sum())
+    for method in cfg["explain"]["methods"]:
+        maps = sorted((out / "explain" / f"method-{method}").glob("*_relevance.nii.gz"))
+        assert len(maps) == n_test
+        img = nib.load(str(maps[0]))
+        assert img.shape == (40, 48, 40) and img.affine[0, 0] == 4.0
+        assert list((out / "population").glob(f"method-{method}_*stat-mean_relevance.nii.gz"))
+        regions = pd.read_csv(out / "regions" / f"method-{method}_atlas-aal_regions.tsv", sep="\t")
+        assert len(regions) > 50
+    html = (out / "report.html").read_text()
+    assert "<img" in html and "http://" not in html.replace("http://www.w3.org", "")
+    prov = json.loads((out / "provenance.json").read_text())
+    assert {"preprocess", "train", "predict", "explain", "population", "report"} <= set(prov["stage_seconds"])
+
+
+def test_rerun_uses_cache(tiny_run):
+    root, bids, cfg, first = tiny_run
+    out = root / "out"
+    model = out / "models" / "default" / "seed-0" / "model.pt"
+    stamp = model.stat().st_mtime_ns
+    relevance = next((out / "explain").rglob("*_relevance.nii.gz"))
+    rel_stamp = relevance.stat().st_mtime_ns
+    again = run(read_bids(bids), out, cfg, progress=False, report=False)
+    assert model.stat().st_mtime_ns == stamp and relevance.stat().st_mtime_ns == rel_stamp
+    pd.testing.assert_frame_equal(again.predictions, first.predictions)
+    assert again.stage_seconds["train"] < 5
+
+
+def test_predict_new_subjects(tiny_run, tmp_path):
+    from brainage.simulate import simulate_cohort
+
+    root, _, _, _ = tiny_run
+    new = simulate_cohort(tmp_path / "new", n_subjects=6, resolution_mm=4.0, seed=99, progress=False)
+    pred = predict(root / "out", read_bids(new), tmp_path / "pred", progress=False)
+    written = pd.read_csv(tmp_path / "pred" / "predictions.tsv", sep="\t")
+    assert list(written.columns[:7]) == PRED_COLUMNS and len(written) == 6
+    assert set(written["split"]) == {"predict"}
+    np.testing.assert_allclose(written["brain_age"], pred["brain_age"], rtol=1e-5)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "participants.tsv").write_text("participant_id\tage\nsub-1\t30\nsub-1\t40\n")
+    exe = shutil.which("brainage") or f"{sys.executable} -m brainage.cli"
+    proc = subprocess.run(
+        [*exe.split(), "run", "--bids", str(bids), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "sub-1" in proc.stderr and "appears more than once" in proc.stderr
+    assert "Traceback" not in proc.stderr
