@@ -51,7 +51,7 @@ def load_volume(
         data = np.asarray(img.dataobj, dtype=dtype)
     except Exception as exc:  # nibabel raises many types for corrupt/truncated files
         raise InputError(
-            f"cannot read NIfTI ({type(exc).__name__}: {str(exc)[:80]})",
+            f"cannot read NIfTI ({type(exc).__name__}: {' '.join(str(exc).split())[:100]})",
             "the file is corrupt or truncated; re-export or re-download it",
             participant_id,
             path,

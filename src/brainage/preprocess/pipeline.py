@@ -1,0 +1,545 @@
+"""Preprocess one subject or a whole cohort into ``OUT/preproc`` (METHODS §2).
+
+Per subject: load and validate the T1w → deepbet brain mask in native space → N4 bias-field
+correction inside the mask → registration of the brain to the skull-stripped MNI152NLin2009aSym
+template (ANTs affine or SyN) → image and mask resampled onto the template grid
+(:func:`brainage.space.template_grid`) → intensity scaling → files, QC picture and sidecar.
+
+Output layout (BIDS derivatives; ``<res>`` is the resolution in mm, e.g. ``2`` or ``1p5``)::
+
+    OUT/preproc/sub-<id>/anat/
+        sub-<id>_space-MNI152NLin2009aSym_res-<res>_desc-preproc_T1w.nii.gz   model input
+        sub-<id>_space-MNI152NLin2009aSym_res-<res>_desc-brain_mask.nii.gz    uint8 brain mask
+        sub-<id>_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat            native → template
+        sub-<id>_from-MNI152NLin2009aSym_to-T1w_mode-image_xfm.mat            template → native
+        sub-<id>_desc-qc_T1w.png                                              QC picture
+        sub-<id>_desc-preproc_T1w.json                                        sidecar, written last
+    OUT/preproc/qc.tsv
+
+(``.h5`` composite transforms instead of ``.mat`` for ``register="syn"``.) The sidecar holds the
+parameter hash (configuration + SHA-256 of the input file + :data:`PREPROC_VERSION`); it is
+written last, so its presence with the same hash marks a finished subject, which a rerun skips.
+Every file is written atomically: a killed run never leaves a half-written file, and a subject
+without a valid sidecar is simply redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from brainage.errors import ConfigError, InputError
+from brainage.io.atomic import atomic_path, write_json, write_tsv
+from brainage.io.nifti import load_volume, save_nifti
+from brainage.preprocess import steps
+from brainage.preprocess.config import PreprocessConfig
+from brainage.preprocess.qc import qc_figure, registration_quality
+from brainage.space import TEMPLATE_SPACE, Grid, resample_to_grid, template_array, template_grid
+from brainage.utils import StageTimer, file_hash, stable_hash
+
+#: Bump when the preprocessing algorithm changes: finished subjects are then redone.
+PREPROC_VERSION = "1"
+
+#: Columns of :attr:`PreprocessResult.table` (one row per subject).
+ROW_COLUMNS = (
+    "participant_id",
+    "preproc",
+    "mask",
+    "xfm",
+    "inverse_xfm",
+    "qc_png",
+    "reg_quality",
+    "seconds",
+    "cached",
+)
+
+
+@dataclass
+class PreprocessResult:
+    """Outcome of :func:`preprocess_cohort`.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per preprocessed subject, in cohort order; columns :data:`ROW_COLUMNS`:
+        ``participant_id`` (as in the cohort), absolute paths ``preproc``, ``mask``, ``xfm``,
+        ``inverse_xfm``, ``qc_png``, ``reg_quality`` (Pearson r with the template),
+        ``seconds`` (wall time of the subject's preprocessing when it was computed),
+        ``cached`` (True when reused from an earlier run).
+    failures : list of InputError
+        One per subject that could not be preprocessed, naming the subject, the file, what is
+        wrong and what to do.
+    """
+
+    table: pd.DataFrame
+    failures: list[InputError] = field(default_factory=list)
+
+
+def bids_subject(participant_id: str) -> str:
+    """Return the BIDS subject folder name ``sub-<label>`` of a participant id.
+
+    Ids without the ``sub-`` prefix get it; characters that BIDS labels do not allow
+    (anything but letters and digits) are dropped, e.g. ``"IXI_012"`` → ``"sub-IXI012"``.
+
+    Raises
+    ------
+    InputError
+        When no letter or digit is left.
+    """
+    pid = str(participant_id).strip()
+    label = pid[4:] if pid.startswith("sub-") else pid
+    label = re.sub(r"[^A-Za-z0-9]", "", label)
+    if not label:
+        raise InputError(
+            "participant_id has no letters or digits to name its folder",
+            "use BIDS-like ids such as sub-001",
+            pid,
+        )
+    return f"sub-{label}"
+
+
+def _res_label(resolution_mm: float) -> str:
+    return f"{resolution_mm:g}".replace(".", "p")
+
+
+def subject_files(out_dir: str | Path, participant_id: str, config: PreprocessConfig) -> dict:
+    """Return the output paths of one subject (see the module docstring for the layout).
+
+    Returns
+    -------
+    dict of str to Path
+        Keys ``folder``, ``preproc``, ``mask``, ``xfm``, ``inverse_xfm``, ``qc_png``, ``sidecar``.
+    """
+    sub = bids_subject(participant_id)
+    folder = Path(out_dir) / "preproc" / sub / "anat"
+    space = f"space-{TEMPLATE_SPACE}_res-{_res_label(config.resolution_mm)}"
+    ext = "h5" if config.register == "syn" else "mat"
+    return {
+        "folder": folder,
+        "preproc": folder / f"{sub}_{space}_desc-preproc_T1w.nii.gz",
+        "mask": folder / f"{sub}_{space}_desc-brain_mask.nii.gz",
+        "xfm": folder / f"{sub}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.{ext}",
+        "inverse_xfm": folder / f"{sub}_from-{TEMPLATE_SPACE}_to-T1w_mode-image_xfm.{ext}",
+        "qc_png": folder / f"{sub}_desc-qc_T1w.png",
+        "sidecar": folder / f"{sub}_desc-preproc_T1w.json",
+    }
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("brainage", "antspyx", "deepbet", "torch", "nibabel", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "n/a"
+    return out
+
+
+@contextlib.contextmanager
+def _step(name: str, participant_id: str, path, timer: StageTimer, fix: str):
+    """Time a step; turn any library error into a one-line :class:`InputError`."""
+    try:
+        with timer(name):
+            yield
+    except InputError as err:
+        problem = " ".join(str(err.problem).split())  # one line, whatever the library said
+        if err.participant_id is None or err.path is None or problem != err.problem:
+            raise type(err)(
+                problem, err.fix, err.participant_id or participant_id, err.path or path
+            ) from err
+        raise
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:160] or "no message"
+        raise InputError(
+            f"{name} failed ({type(exc).__name__}: {detail})", fix, participant_id, path
+        ) from exc
+
+
+def _cached_row(files: dict, params_hash: str, participant_id: str) -> dict | None:
+    sidecar = files["sidecar"]
+    if not sidecar.exists():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if meta.get("params_hash") != params_hash:
+        return None
+    keys = ("preproc", "mask", "xfm", "inverse_xfm", "qc_png")
+    if not all(files[k].exists() for k in keys):
+        return None
+    return _row(participant_id, files, meta.get("reg_quality"), meta.get("seconds", {}), True)
+
+
+def _row(participant_id, files, reg_quality, seconds: dict, cached: bool) -> dict:
+    return {
+        "participant_id": participant_id,
+        "preproc": str(files["preproc"]),
+        "mask": str(files["mask"]),
+        "xfm": str(files["xfm"]),
+        "inverse_xfm": str(files["inverse_xfm"]),
+        "qc_png": str(files["qc_png"]),
+        "reg_quality": float("nan") if reg_quality is None else float(reg_quality),
+        "seconds": float(seconds.get("total", float("nan"))),
+        "cached": cached,
+    }
+
+
+def preprocess_subject(
+    participant_id: str,
+    t1w_path: str | Path,
+    out_dir: str | Path,
+    config: PreprocessConfig | None = None,
+) -> dict:
+    """Preprocess one T1w scan into template space (see the module docstring).
+
+    Parameters
+    ----------
+    participant_id : str
+        Subject id as in the cohort table (``sub-`` is added for the folder name if missing).
+    t1w_path : str or Path
+        3D T1w NIfTI in native (scanner) space, with skull unless ``config.skull_strip`` is
+        False; in MNI space when ``config.register == "none"``.
+    out_dir : str or Path
+        Run output folder ``OUT``; files go to ``OUT/preproc/sub-<id>/anat``.
+    config : PreprocessConfig, optional
+        Defaults to ``PreprocessConfig()`` (2 mm, deepbet, N4, affine, min-max).
+
+    Returns
+    -------
+    dict
+        Keys :data:`ROW_COLUMNS`. ``preproc``: float32 image on
+        ``template_grid(config.resolution_mm)`` (voxel → MNI152NLin2009aSym mm), scaled as
+        ``config.intensity`` says; ``mask``: uint8 brain mask on the same grid; ``xfm`` /
+        ``inverse_xfm``: ANTs transforms native → template / template → native (use
+        :func:`brainage.preprocess.warp_to_template` / :func:`~brainage.preprocess.warp_to_native`);
+        ``reg_quality``: :func:`~brainage.preprocess.qc.registration_quality`; ``seconds``: wall
+        time of the computation; ``cached``: True when a finished earlier result was reused.
+
+    Raises
+    ------
+    InputError
+        The image is missing, unreadable, not 3D or empty, or a step fails (skull stripping,
+        N4, registration, scaling); the one-line message names the subject, the file, the step
+        and what to do. The original library error is chained as ``__cause__``.
+    ConfigError
+        ``config`` is not a :class:`PreprocessConfig`.
+
+    Notes
+    -----
+    Reproducibility: the registration is seeded (``config.seed``), and bit-for-bit reproducible
+    when ITK runs one thread, as in the workers of :func:`preprocess_cohort`. Called directly in
+    a process whose ITK uses several threads (multi-threaded metric sums), transforms of two runs
+    differ at the 1e-3 mm level; call :func:`brainage.parallel.limit_threads` first (before any
+    ITK use in the process) to avoid that.
+    """
+    config = PreprocessConfig() if config is None else config
+    if not isinstance(config, PreprocessConfig):
+        raise ConfigError(f"'config' must be a PreprocessConfig; got {type(config).__name__}")
+    t0 = time.perf_counter()
+    pid = str(participant_id)
+    t1w_path = Path(t1w_path)
+    files = subject_files(out_dir, pid, config)
+    if not t1w_path.is_file():
+        raise InputError(
+            "image file does not exist",
+            "check the path in the cohort table or the BIDS folder",
+            pid,
+            t1w_path,
+        )
+    input_hash = file_hash(t1w_path)
+    params_hash = stable_hash(PREPROC_VERSION, config.to_dict(), input_hash)
+    cached = _cached_row(files, params_hash, pid)
+    if cached is not None:
+        return cached
+    files["sidecar"].unlink(missing_ok=True)  # stale marker goes first, files are redone
+
+    timer = StageTimer()
+    with _step("reading the image", pid, t1w_path, timer, "check the file"):
+        img = load_volume(t1w_path, pid)
+    grid = template_grid(config.resolution_mm)
+    check = "check the image and its QC picture, or exclude the subject"
+    with tempfile.TemporaryDirectory(prefix="brainage-preproc-") as work:
+        if config.skull_strip:
+            with _step("skull stripping (deepbet)", pid, t1w_path, timer, check):
+                mask = steps.deepbet_mask(img)
+                volume = mask.sum() * float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+                low, high = steps.BRAIN_VOLUME_CM3
+                if not low <= volume <= high:
+                    raise InputError(
+                        f"skull stripping found an implausible brain volume of {volume:.0f} cm³ "
+                        f"(expected {low:.0f}-{high:.0f})",
+                        "check that the image is a T1w head scan with a correct header",
+                    )
+        else:
+            mask = np.asarray(img.dataobj) > 0
+            volume = mask.sum() * float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+        if config.bias_correct:
+            with _step("N4 bias-field correction", pid, t1w_path, timer, check):
+                img = steps.n4_correct(img, mask, config.n4_shrink_factor)
+        with _step("registration", pid, t1w_path, timer, check):
+            if config.register == "none":
+                forward = inverse = steps.write_identity_transform(Path(work) / "identity.mat")
+            else:
+                data = np.asarray(img.dataobj, dtype=np.float32) * mask
+                brain = nib.Nifti1Image(data, img.affine)
+                forward, inverse = steps.register_to_template(
+                    brain, config.register, work, config.seed
+                )
+            moved = steps.apply_transform(img, forward, grid, "linear")
+            mask_img = nib.Nifti1Image(mask.astype(np.float32), img.affine)
+            moved_mask = steps.apply_transform(mask_img, forward, grid, "linear")
+            out_mask = np.asarray(moved_mask.dataobj) >= 0.5
+            if not out_mask.any():
+                hint = (
+                    "the image does not overlap the MNI brain box; is it really in MNI space? "
+                    "Use register='affine' for native-space scans"
+                    if config.register == "none"
+                    else check
+                )
+                raise InputError("the brain mask is empty in template space", hint)
+        with _step("intensity scaling", pid, t1w_path, timer, check):
+            out = steps.scale_intensity(
+                np.asarray(moved.dataobj),
+                out_mask,
+                config.intensity,
+                zero_outside=config.skull_strip,
+            )
+        with _step("writing outputs", pid, t1w_path, timer, "check the output folder"):
+            files["folder"].mkdir(parents=True, exist_ok=True)
+            meta = {"space": TEMPLATE_SPACE, "res": _res_label(config.resolution_mm)}
+            save_nifti(out, grid.affine, files["preproc"], metadata=meta)
+            save_nifti(out_mask.astype(np.uint8), grid.affine, files["mask"], np.uint8, meta)
+            for key, src in (("xfm", forward), ("inverse_xfm", inverse)):
+                with atomic_path(files[key]) as tmp:
+                    shutil.copyfile(src, tmp)
+            tpl_mask = template_array("mask", config.resolution_mm)
+            reg_quality = registration_quality(
+                out, template_array("t1w", config.resolution_mm), tpl_mask
+            )
+            qc_figure(
+                out,
+                tpl_mask,
+                files["qc_png"],
+                title=f"{pid}  {config.register} registration  r = {reg_quality:.3f}",
+            )
+    seconds = {k: round(v, 3) for k, v in timer.seconds.items()}
+    seconds["total"] = round(time.perf_counter() - t0, 3)
+    sidecar = {
+        "participant_id": pid,
+        "Sources": [str(t1w_path.resolve())],
+        "SpatialReference": TEMPLATE_SPACE,
+        "resolution_mm": config.resolution_mm,
+        "params_hash": params_hash,
+        "input_hash": input_hash,
+        "preproc_version": PREPROC_VERSION,
+        "config": config.to_dict(),
+        "reg_quality": reg_quality,
+        "brain_volume_cm3": round(float(volume), 1),
+        "seconds": seconds,
+        "versions": _versions(),
+        "files": {k: v.name for k, v in files.items() if k not in ("folder", "sidecar")},
+    }
+    write_json(files["sidecar"], sidecar)
+    return _row(pid, files, reg_quality, seconds, False)
+
+
+def _subject_task(item: tuple[str, str], out_dir: str, config: PreprocessConfig) -> dict:
+    """Picklable task for the executors: ``item`` is ``(participant_id, t1w_path)``."""
+    participant_id, t1w = item
+    return preprocess_subject(participant_id, t1w, out_dir, config)
+
+
+def _as_input_error(item: tuple[str, str], exc: BaseException) -> InputError:
+    if isinstance(exc, InputError):
+        return exc
+    pid, t1w = item
+    detail = " ".join(str(exc).split())[:160] or "no message"
+    return InputError(
+        f"preprocessing failed ({type(exc).__name__}: {detail})",
+        "rerun this subject with backend='serial' for the full traceback, or exclude it",
+        pid,
+        t1w,
+    )
+
+
+def preprocess_cohort(
+    cohort,
+    out_dir: str | Path,
+    config: PreprocessConfig | None = None,
+    n_jobs: int = 2,
+    backend: str = "processes",
+    strict: bool = False,
+    progress: bool = True,
+    dask_address=None,
+) -> PreprocessResult:
+    """Preprocess every subject of a cohort, in parallel, skipping finished subjects.
+
+    Parameters
+    ----------
+    cohort : Cohort or pandas.DataFrame
+        Subjects; the table needs the columns ``participant_id`` and ``t1w`` (image path).
+    out_dir : str or Path
+        Run output folder ``OUT``.
+    config : PreprocessConfig, optional
+        Defaults to ``PreprocessConfig()``.
+    n_jobs : int
+        Parallel workers (one thread each, see :func:`brainage.parallel.run_tasks`).
+    backend : {"processes", "serial", "dask"}
+        Executor; ``"serial"`` for debugging.
+    strict : bool
+        Raise the first failure instead of collecting failures.
+    progress : bool
+        Show a progress bar.
+    dask_address : str or distributed.Client, optional
+        Existing Dask cluster for ``backend="dask"``.
+
+    Returns
+    -------
+    PreprocessResult
+        ``table`` (one row per success, cohort order) and ``failures``. Also writes
+        ``OUT/preproc/qc.tsv`` (``participant_id, reg_quality, qc_png, preproc, mask``; paths
+        relative to ``OUT``) atomically.
+
+    Raises
+    ------
+    InputError
+        With ``strict=True``: the first subject that fails. Also when the table lacks the
+        ``participant_id`` or ``t1w`` column.
+    ConfigError
+        Invalid ``config``, ``backend`` or ``n_jobs``.
+    """
+    config = PreprocessConfig() if config is None else config
+    if not isinstance(config, PreprocessConfig):
+        raise ConfigError(f"'config' must be a PreprocessConfig; got {type(config).__name__}")
+    table = cohort.table if hasattr(cohort, "table") else cohort
+    if not isinstance(table, pd.DataFrame):
+        raise InputError(f"'cohort' must be a Cohort or a DataFrame; got {type(cohort).__name__}")
+    missing = [c for c in ("participant_id", "t1w") if c not in table.columns]
+    if missing:
+        raise InputError(
+            f"cohort table lacks column(s) {', '.join(missing)} (has {', '.join(table.columns)})",
+            "give participant_id and t1w (image path) columns",
+        )
+    out_dir = Path(out_dir)
+    failures: list[InputError] = []
+    items, seen = [], {}
+    for pid, t1w in zip(table["participant_id"].astype(str), table["t1w"].astype(str), strict=True):
+        try:
+            sub = bids_subject(pid)
+            if sub in seen:
+                raise InputError(
+                    f"participant_id maps to the same folder {sub} as {seen[sub]!r}",
+                    "make the ids unique after removing non-alphanumeric characters",
+                    pid,
+                    t1w,
+                )
+        except InputError as err:
+            if strict:
+                raise
+            failures.append(err if err.path else InputError(err.problem, err.fix, pid, t1w))
+            continue
+        seen[sub] = pid
+        items.append((pid, t1w))
+
+    from brainage.parallel import iter_tasks
+
+    task = functools.partial(_subject_task, out_dir=str(out_dir), config=config)
+    rows = {}
+    outcomes = iter_tasks(
+        task,
+        items,
+        n_jobs=n_jobs,
+        backend=backend,
+        description="Preprocessing",
+        progress=progress,
+        dask_address=dask_address,
+    )
+    with contextlib.closing(outcomes):
+        for item, outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                err = _as_input_error(item, outcome)
+                if strict:
+                    raise err
+                failures.append(err)
+            else:
+                rows[item[0]] = outcome
+    order = [pid for pid, _ in items if pid in rows]
+    result = pd.DataFrame([rows[pid] for pid in order], columns=list(ROW_COLUMNS))
+    qc = result[["participant_id", "reg_quality", "qc_png", "preproc", "mask"]].copy()
+    for col in ("qc_png", "preproc", "mask"):
+        qc[col] = [_relative(p, out_dir) for p in qc[col]]
+    write_tsv(out_dir / "preproc" / "qc.tsv", qc)
+    return PreprocessResult(result, failures)
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load_preprocessed(rows, grid: Grid | float | None = None) -> np.ndarray:
+    """Stack preprocessed images into a model input array.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame, list of dict, or list of paths
+        ``PreprocessResult.table`` (its ``preproc`` column), rows with a ``preproc`` key, or
+        the image paths themselves.
+    grid : Grid or float, optional
+        Target template grid (or its resolution in mm). Images on another grid (e.g. 2 mm
+        preprocessing, 3 mm training) are resampled by world coordinates with
+        :func:`brainage.space.resample_to_grid` (linear interpolation: no overshoot outside the
+        input's range, so min-max images stay in [0, 1]). ``None``: the grid of the first image;
+        all must share it.
+
+    Returns
+    -------
+    ndarray, shape (n_subjects, 1, i, j, k), float32
+        ``i, j, k = grid.shape``; voxel → MNI152NLin2009aSym mm by ``grid.affine``.
+
+    Raises
+    ------
+    InputError
+        A file is missing or unreadable.
+    SpaceMismatchError
+        ``grid`` is None and the images do not share one grid.
+    """
+    if isinstance(rows, pd.DataFrame):
+        paths = rows["preproc"].tolist()
+    else:
+        paths = [r["preproc"] if isinstance(r, dict) else r for r in rows]
+    if isinstance(grid, (int, float)) and not isinstance(grid, bool):
+        grid = template_grid(float(grid))
+    fixed_grid = grid is None
+    arrays = []
+    for path in paths:
+        img = load_volume(path)
+        if grid is None:
+            grid = Grid(tuple(img.shape), tuple(np.asarray(img.affine, float).ravel().tolist()))
+        if fixed_grid:
+            grid.check(img, name=str(path))  # raises SpaceMismatchError
+        elif tuple(img.shape) != grid.shape or not np.allclose(img.affine, grid.affine, atol=1e-3):
+            img = resample_to_grid(img, grid, interpolation="linear")
+        arrays.append(np.asarray(img.dataobj, dtype=np.float32))
+    if not arrays:
+        shape = (0, 1) + (tuple(grid.shape) if grid is not None else (0, 0, 0))
+        return np.zeros(shape, np.float32)
+    return np.stack(arrays)[:, None]
