@@ -22,10 +22,111 @@ def _write_tsv(path, frame):
     frame.to_csv(path, sep="\t", index=False, na_rep="n/a")
 
 
-def make_fake_run(out, full=True, seed=0, n=60, atlases=None, res=4):
+#: Explained subjects of the fake run (test split) and the slice where their truth is largest.
+XAI_SUBJECTS = ("sub-IXI040", "sub-IXI041")
+TRUTH_PEAK_K = (25, 14)
+#: Fake evaluation/xai.tsv: guided_backprop fails the randomisation check, lrp passes.
+XAI_ROWS = {
+    "guided_backprop": dict(
+        n_subjects=2,
+        mass_accuracy=0.123,
+        mask_fraction=0.081,
+        roc_auc=0.571,
+        topk_precision=0.104,
+        randomisation_spearman=0.83,
+        passes_randomisation=False,
+        seed_dice=0.31,
+    ),
+    "lrp": dict(
+        n_subjects=2,
+        mass_accuracy=0.412,
+        mask_fraction=0.081,
+        roc_auc=0.876,
+        topk_precision=0.377,
+        randomisation_spearman=0.12,
+        passes_randomisation=True,
+        seed_dice=0.55,
+    ),
+}
+#: Fake evaluation/lesions.tsv: lrp relies on lesions (d > 0, p < 0.05), guided_backprop not.
+LESION_ROWS = [
+    dict(
+        method="guided_backprop",
+        n_subjects=9,
+        n_excluded=3,
+        min_lesion_voxels=30,
+        mean_lesion_relevance=0.21,
+        mean_expected_relevance=0.2,
+        mean_difference=0.01,
+        t=0.4,
+        df=8,
+        p=0.7,
+        d=0.13,
+        alternative="two-sided",
+    ),
+    dict(
+        method="lrp",
+        n_subjects=9,
+        n_excluded=3,
+        min_lesion_voxels=30,
+        mean_lesion_relevance=0.93,
+        mean_expected_relevance=0.31,
+        mean_difference=0.62,
+        t=5.1,
+        df=8,
+        p=0.00093,
+        d=1.7,
+        alternative="two-sided",
+    ),
+]
+
+
+def truth_mask(res, peak_k, seed=0):
+    """A ventricle-like ellipsoid on template_grid(res) whose largest axial slice is ``peak_k``."""
+    grid = template_grid(res)
+    ii, jj, kk = np.indices(grid.shape)
+    c = np.array(grid.shape) / 2
+    return ((ii - c[0]) / 6) ** 2 + ((jj - c[1] - seed) / 9) ** 2 + ((kk - peak_k) / 3.5) ** 2 <= 1
+
+
+def add_fake_evaluation(out, res=4, seed=0, truth=True, lesions=True, xai_rows=None):
+    """Write evaluation/xai.tsv, lesions.tsv, truth masks and per-subject maps into ``out``."""
+    from brainage.evaluate import write_xai_table
+    from brainage.pipeline import relevance_path
+
+    rng = np.random.default_rng(seed)
+    grid = template_grid(res)
+    rows = XAI_ROWS if xai_rows is None else xai_rows
+    write_xai_table(pd.DataFrame([{"method": m, **v} for m, v in rows.items()]), out)
+    if lesions:
+        _write_tsv(out / "evaluation" / "lesions.tsv", pd.DataFrame(LESION_ROWS))
+    t1 = template_array("t1w", res)
+    edges = np.sqrt(
+        sum(g**2 for g in np.gradient(t1))
+    )  # an edge detector: what a failing map shows
+    for s, (pid, peak) in enumerate(zip(XAI_SUBJECTS, TRUTH_PEAK_K, strict=True)):
+        mask = truth_mask(res, peak, seed=s)
+        if truth:
+            save = out / "evaluation" / "truth" / f"{pid}_desc-ageeffect_mask.nii.gz"
+            save.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(mask.astype(np.uint8), grid.affine), str(save))
+        maps = {
+            "guided_backprop": edges * rng.uniform(0.8, 1.2) + rng.normal(0, 0.05, grid.shape),
+            "lrp": 2.0 * mask - 0.4 * (t1 > 0.6 * t1.max()) + rng.normal(0, 0.1, grid.shape),
+        }
+        for method in rows:
+            for model in (None, "seed-0"):
+                path = relevance_path(out, method, pid, res, model)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                nib.save(nib.Nifti1Image(maps[method].astype(np.float32), grid.affine), str(path))
+    return out
+
+
+def make_fake_run(out, full=True, seed=0, n=60, atlases=None, res=4, evaluation=True):
     """A small synthetic run folder (layout of DESIGN.md); returns the folder.
 
     ``atlases``: None → synthetic region tables with REGION_NAMES; or a list of real atlas names.
+    ``evaluation``: also write evaluation/ (xai.tsv, lesions.tsv, truth) and per-subject maps.
     """
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +298,8 @@ def make_fake_run(out, full=True, seed=0, n=60, atlases=None, res=4):
             }
         )
     )
+    if evaluation:
+        add_fake_evaluation(out, res=res, seed=seed)
     return out
 
 
@@ -220,8 +323,9 @@ def _assert_self_contained(html):
 def test_report_written_self_contained_with_all_sections(full_run):
     html = (full_run / "report.html").read_text()
     imgs = _assert_self_contained(html)
-    # age hist, scatter, training, 2 methods x (2 maps + 1 bar), qc histogram + 8 gallery pictures
-    assert len(imgs) == 1 + 1 + 1 + 2 * 3 + 1 + 8
+    # age hist, scatter, training, methods side by side, 2 methods x (2 maps + 1 bar),
+    # qc histogram + 8 gallery pictures
+    assert len(imgs) == 1 + 1 + 1 + 1 + 2 * 3 + 1 + 8
     for anchor in (
         "summary",
         "cohort",
@@ -229,6 +333,7 @@ def test_report_written_self_contained_with_all_sections(full_run):
         "metrics",
         "bias",
         "training",
+        "xai",
         "explanations",
         "qc",
         "failures",

@@ -154,6 +154,32 @@ def preprocess(
 
 
 @app.command()
+def explain(
+    out: Annotated[Path, typer.Option("--out", help="Output folder of a finished `brainage run`.")],
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated methods, e.g. lrp,gradcam,occlusion.")
+    ] = "guided_backprop,lrp",
+    subjects: Annotated[
+        str | None, typer.Option("--subjects", help="test | heldout | all (default: the run's).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write relevance maps of a finished run with the chosen methods, then maps, regions, report."""
+    from brainage.pipeline import explain_run
+
+    explain_run(out, [m.strip() for m in methods.split(",") if m.strip()], subjects, progress=not quiet)
+
+
+@app.command(name="methods")
+def list_explanation_methods() -> None:
+    """List the registered explanation methods."""
+    from brainage.explain import list_methods
+
+    for name in list_methods():
+        typer.echo(name)
+
+
+@app.command()
 def report(
     out: Annotated[Path, typer.Option("--out", help="Output folder of a run.")],
 ) -> None:

@@ -209,6 +209,48 @@ def train_stage(
     return folders
 
 
+def prediction_table(participant_ids, ages, base, brain_age, correction, split, names) -> pd.DataFrame:
+    """The ``predictions.tsv`` table.
+
+    Parameters
+    ----------
+    participant_ids : sequence of str, length n
+    ages : ndarray, shape (n,)
+        Chronological age, years (NaN = unknown).
+    base : ndarray, shape (n, n_models)
+        Base-model predictions, years.
+    brain_age : ndarray, shape (n,)
+        Ensemble prediction, years.
+    correction : AgeBiasCorrection
+        Fitted correction; its ``recommended_`` column defines the brain-age gap.
+    split : str or sequence of str
+    names : sequence of str, length n_models
+        Base-model names (``seed-<n>``), one extra column ``brain_age_<name>`` each.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``participant_id, age, brain_age, brain_age_corrected, brain_age_gap,
+        uncertainty, split, brain_age_<name>…``.
+    """
+    corrected = correction.transform(brain_age)
+    use = corrected if correction.recommended_ == "brain_age_corrected" else brain_age
+    pred = pd.DataFrame(
+        {
+            "participant_id": list(participant_ids),
+            "age": ages,
+            "brain_age": brain_age,
+            "brain_age_corrected": corrected,
+            "brain_age_gap": use - ages,
+            "uncertainty": ensemble_uncertainty(base),
+            "split": split,
+        }
+    )
+    for j, name in enumerate(names):
+        pred[f"brain_age_{name}"] = base[:, j]
+    return pred
+
+
 def predict_stage(
     x: np.ndarray, table: pd.DataFrame, model_dirs: list[Path], out_dir: Path, cfg: dict
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -239,21 +281,8 @@ def predict_stage(
     bc = AgeBiasCorrection(
         cfg["bias_correction"]["min_slope"], cfg["bias_correction"]["n_bootstrap"], cfg["seed"]
     ).fit(ages[val], ens[val])
-    corrected = bc.transform(ens)
-    use = corrected if bc.recommended_ == "brain_age_corrected" else ens
-    pred = pd.DataFrame(
-        {
-            "participant_id": table["participant_id"],
-            "age": ages,
-            "brain_age": ens,
-            "brain_age_corrected": corrected,
-            "brain_age_gap": use - ages,
-            "uncertainty": ensemble_uncertainty(base),
-            "split": split,
-        }
-    )
-    for j, name in enumerate(names):
-        pred[f"brain_age_{name}"] = base[:, j]
+    pred = prediction_table(table["participant_id"], ages, base, ens, bc, split, names)
+    corrected = pred["brain_age_corrected"].to_numpy()
     train_mean = float(np.mean([m[1]["train_mean_age"] for m in models]))
     rows = []
     for s in ("train", "validation", "test"):
@@ -528,6 +557,12 @@ def evaluate_stage(
         found = [_load_truth(truth_dir, pid, "ageeffect", grid) for pid in pids]
         if all(t is not None for t in found):
             truths = np.stack(found)
+            for pid, t in zip(pids, truths, strict=True):
+                save_nifti(
+                    t.astype(np.uint8), grid.affine,
+                    out_dir / "evaluation" / "truth" / f"{_bids_label(pid)}_desc-ageeffect_mask.nii.gz",
+                    dtype=np.uint8,
+                )
         lesions = [_load_truth(truth_dir, pid, "lesions", grid) for pid in pids]
         if all(m is not None for m in lesions):
             results = {m: lesion_relevance_test(stack, np.stack(lesions), brain) for m, stack in stacks.items()}
@@ -611,7 +646,7 @@ def run(
     table["split"] = make_splits(
         table, cfg["split"]["test_fraction"], cfg["split"]["validation_fraction"], cfg["seed"]
     ).to_numpy()
-    cohort_cols = [c for c in ("participant_id", "age", "sex", "site", "split", "t1w") if c in table]
+    cohort_cols = [c for c in ("participant_id", "age", "sex", "site", "split", "t1w", "preproc") if c in table]
     write_tsv(out / "cohort.tsv", table[cohort_cols])
 
     with timer("load_volumes"):
@@ -737,21 +772,8 @@ def predict(
     base = np.column_stack([predict_volumes(m, x) for m in models])
     ages = table["age"].to_numpy(float)
     brain_age = head.predict(base)
-    corrected = bc.transform(brain_age)
-    use = corrected if bc.recommended_ == "brain_age_corrected" else brain_age
-    pred = pd.DataFrame(
-        {
-            "participant_id": table["participant_id"],
-            "age": ages,
-            "brain_age": brain_age,
-            "brain_age_corrected": corrected,
-            "brain_age_gap": use - ages,
-            "uncertainty": ensemble_uncertainty(base),
-            "split": "predict",
-        }
-    )
-    for j, name in enumerate(ens["names"]):
-        pred[f"brain_age_{name}"] = base[:, j]
+    pred = prediction_table(table["participant_id"], ages, base, brain_age, bc, "predict", ens["names"])
+    corrected = pred["brain_age_corrected"].to_numpy()
     write_tsv(out / "predictions.tsv", pred)
     if np.isfinite(ages).any():
         rows = [
@@ -817,3 +839,73 @@ def preprocess_only(cohort: Cohort, out_dir: str | Path, config: dict, progress:
     )
     write_tsv(out / "failures.tsv", failures)
     return table
+
+
+def explain_run(
+    run_dir: str | Path,
+    methods: list[str] | None = None,
+    subjects: str | None = None,
+    params: dict | None = None,
+    progress: bool = True,
+    report: bool = True,
+) -> dict[str, list[Path]]:
+    """Explain a finished run again, e.g. with other methods (``brainage explain``).
+
+    Reads the run's configuration, cohort (``cohort.tsv``) and base models, writes relevance maps
+    for ``methods`` (defaults: the run's), then population maps, region tables, the evaluation
+    table and the report, and records the methods in ``config.yaml``.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        Output folder of a finished :func:`run`.
+    methods : list of str, optional
+        Registered explanation methods (:func:`brainage.explain.list_methods`).
+    subjects : {"test", "heldout", "all"}, optional
+    params : dict, optional
+        Per-method parameters, e.g. ``{"occlusion": {"window": 6}}``.
+
+    Returns
+    -------
+    dict of str to list of Path
+        Ensemble map files per method.
+
+    Raises
+    ------
+    InputError
+        ``run_dir`` is not a finished run.
+    """
+    from brainage.explain import list_methods
+    from brainage.errors import ConfigError, did_you_mean
+
+    out = Path(run_dir).expanduser().resolve()
+    for needed in ("config.yaml", "cohort.tsv", "ensemble.json"):
+        if not (out / needed).exists():
+            raise InputError(f"{needed} is missing: not a finished brainage run",
+                             "give the --out folder of a completed `brainage run`", path=out)
+    cfg = load_config(out / "config.yaml")
+    if methods:
+        for m in methods:
+            if m not in list_methods():
+                raise ConfigError(f"unknown explanation method {m!r}; {did_you_mean(m, list_methods())}")
+        cfg["explain"]["methods"] = list(methods)
+    if subjects:
+        cfg["explain"]["subjects"] = subjects
+    if params:
+        cfg["explain"]["params"] = {**cfg["explain"]["params"], **params}
+    table = pd.read_csv(out / "cohort.tsv", sep="\t", dtype={"participant_id": str})
+    ens = json.loads((out / "ensemble.json").read_text())
+    model_dirs = [out / d for d in ens["base_models"]]
+    x = load_volumes(table, out, cfg["train"]["resolution_mm"])
+    maps = explain_stage(x, table, model_dirs, out, cfg, progress)
+    population_stage(maps, out, cfg)
+    desc = json.loads((out / "dataset_description.json").read_text())
+    source = Path(desc.get("SourceDatasets", [{}])[0].get("URL", ""))
+    truth = source / "derivatives" / "truth"
+    evaluate_stage(x, table, model_dirs, maps, out, cfg, truth if truth.is_dir() else None)
+    write_text(out / "config.yaml", dump_config(cfg))
+    if report:
+        from brainage.report import write_report
+
+        write_report(out)
+    return maps

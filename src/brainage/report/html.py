@@ -32,6 +32,21 @@ N_TOP_REGIONS = 15
 N_QC_GALLERY = 8
 #: Maximum number of failure rows listed.
 N_FAILURES_SHOWN = 200
+#: Number of subjects (rows) in the side-by-side figure of explanation methods.
+N_XAI_SUBJECTS = 3
+#: Columns of ``evaluation/xai.tsv`` shown, with header, digits and role: ``"gt"`` (ground truth,
+#: higher is better; the best method is highlighted), ``"chance"`` (chance level of the ground
+#: truth scores), ``"check"`` (sanity check / agreement).
+XAI_TABLE_COLUMNS = (
+    ("mass_accuracy", "mass accuracy", 3, "gt"),
+    ("mask_fraction", "mask fraction (chance)", 3, "chance"),
+    ("roc_auc", "ROC AUC", 3, "gt"),
+    ("topk_precision", "top-k precision", 3, "gt"),
+    ("randomisation_spearman", "Spearman after randomisation", 2, "check"),
+    ("seed_dice", "seed agreement (Dice)", 2, "check"),
+)
+#: Significance level of the lesion reading (paper 003).
+LESION_ALPHA = 0.05
 
 
 def write_report(out_dir, path=None, title: str | None = None) -> Path:
@@ -78,6 +93,8 @@ def render_report(out_dir, title: str | None = None) -> str:
         lstrip_blocks=True,
     )
     env.filters["fmt"] = _fmt
+    env.filters["pval"] = _pval
+    env.filters["sig"] = _sig
     return env.get_template("report.html").render(**context)
 
 
@@ -94,6 +111,29 @@ def _fmt(value, digits: int = 2) -> str:
     if float(v).is_integer() and digits == 0:
         return f"{int(v)}"
     return f"{v:.{digits}f}"
+
+
+def _pval(value) -> str:
+    """Format a p value: three decimals, ``< 0.001`` below that, ``n/a`` when missing."""
+    v = _number(value)
+    if v is None:
+        return "n/a"
+    return "< 0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def _sig(value, digits: int = 3) -> str:
+    """Format a number to ``digits`` significant digits (relevance values span many decades)."""
+    v = _number(value)
+    return "n/a" if v is None else f"{v:.{digits}g}"
+
+
+def _number(value) -> float | None:
+    """``value`` as a finite float, or None (missing, ``n/a``, text)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
 
 
 def _safe(section: str, run: RunFolder, fn, *args, **kwargs):
@@ -124,7 +164,7 @@ def build_context(run: RunFolder, title: str | None = None) -> dict:
     -------
     dict
         Keys ``title``, ``summary``, ``cohort``, ``scatter``, ``metrics``, ``bias``,
-        ``training``, ``methods``, ``qc``, ``failures``, ``provenance``, ``problems``,
+        ``training``, ``xai``, ``methods``, ``qc``, ``failures``, ``provenance``, ``problems``,
         ``generated``.
     """
     import brainage
@@ -138,13 +178,21 @@ def build_context(run: RunFolder, title: str | None = None) -> dict:
         "version": (run.provenance or {}).get("version") or brainage.__version__,
         "run_dir": str(run.root.resolve()),
     }
+    sanity = _sanity(run)
     context["summary"] = _summary(run, metrics, cohort)
+    context["summary"]["sanity"] = {
+        "passing": [m for m, v in sanity.items() if v == "pass"],
+        "failing": [m for m, v in sanity.items() if v == "fail"],
+    }
     context["cohort"] = _safe("cohort", run, _cohort_section, run, cohort)
     context["scatter"] = _safe("scatter", run, _scatter_section, run)
     context["metrics"] = _safe("metrics", run, _metrics_section, run, metrics, metrics_source)
     context["bias"] = _safe("bias", run, _bias_section, run)
     context["training"] = _safe("training", run, _training_section, run)
+    context["xai"] = _safe("explanation methods", run, _xai_section, run, sanity)
     context["methods"] = _safe("methods", run, _methods_section, run) or []
+    for entry in context["methods"]:
+        entry["sanity"] = sanity.get(entry["name"])
     context["qc"] = _safe("qc", run, _qc_section, run)
     context["failures"] = _safe("failures", run, _failures_section, run)
     context["provenance"] = _safe("provenance", run, _provenance_section, run)
@@ -514,6 +562,224 @@ def _methods_section(run: RunFolder) -> list[dict]:
 def _region_bar(table: pd.DataFrame, method: str, atlas: str) -> str:
     title = f"{method} — {atlas}: top {N_TOP_REGIONS} regions"
     return mf.figure_to_data_uri(mf.region_bar_figure(table, N_TOP_REGIONS, title))
+
+
+# --------------------------------------------------------------------------------------------
+# explanation methods vs ground truth (evaluation/)
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_bool(value) -> bool | None:
+    """``True``/``False`` cells of a TSV (also ``1``/``0``, ``yes``/``no``); None otherwise."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in {"true", "1", "1.0", "yes", "pass"}:
+        return True
+    if text in {"false", "0", "0.0", "no", "fail"}:
+        return False
+    return None
+
+
+def _sanity(run: RunFolder) -> dict:
+    """Read ``passes_randomisation`` of ``xai.tsv`` as ``method → "pass" | "fail" | None``."""
+    if run.xai is None or "passes_randomisation" not in run.xai.columns:
+        return {}
+    out = {}
+    for rec in run.xai.to_dict("records"):
+        if pd.isna(rec["method"]):
+            continue
+        ok = _parse_bool(rec.get("passes_randomisation"))
+        out[str(rec["method"])] = None if ok is None else ("pass" if ok else "fail")
+    return out
+
+
+def _pass_threshold(run: RunFolder) -> float:
+    """Pass threshold of the randomisation check: ``evaluate.threshold`` of the run's config."""
+    from brainage.evaluate import PASS_THRESHOLD
+
+    if run.config_text:
+        try:
+            import yaml
+
+            value = (yaml.safe_load(run.config_text) or {}).get("evaluate", {}).get("threshold")
+            if _number(value) is not None:
+                return float(value)
+        except Exception:  # an unreadable config only costs the exact threshold
+            pass
+    return PASS_THRESHOLD
+
+
+def _xai_section(run: RunFolder, sanity: dict) -> dict | None:
+    table = _xai_table(run, sanity) if run.xai is not None and len(run.xai) else None
+    figure = _safe("explanation methods figure", run, _xai_figure, run, sanity)
+    lesions = _lesion_section(run) if run.lesions is not None and len(run.lesions) else None
+    if table is None and figure is None and lesions is None:
+        return None
+    return {"table": table, "figure": figure, "lesions": lesions}
+
+
+def _xai_table(run: RunFolder, sanity: dict) -> dict:
+    frame = run.xai[run.xai["method"].notna()]
+    records = frame.to_dict("records")
+    values = {key: [_number(rec.get(key)) for rec in records] for key, *_ in XAI_TABLE_COLUMNS}
+    best = {}
+    for key, _, _, role in XAI_TABLE_COLUMNS:
+        finite = [v for v in values[key] if v is not None]
+        if role == "gt" and len(finite) >= 2:
+            best[key] = max(finite)
+    rows = []
+    for i, rec in enumerate(records):
+        method = str(rec["method"])
+        cells = []
+        for key, _, digits, role in XAI_TABLE_COLUMNS:
+            v = values[key][i]
+            cells.append(
+                {
+                    "key": key,
+                    "value": v,
+                    "digits": digits,
+                    "role": role,
+                    "best": key in best and v is not None and bool(np.isclose(v, best[key])),
+                }
+            )
+        mass, chance = values["mass_accuracy"][i], values["mask_fraction"][i]
+        rows.append(
+            {
+                "method": method,
+                "n_subjects": _number(rec.get("n_subjects")),
+                "cells": cells,
+                "ratio": mass / chance if mass is not None and chance else None,
+                "sanity": sanity.get(method),
+            }
+        )
+    gt_keys = [k for k, _, _, role in XAI_TABLE_COLUMNS if role in ("gt", "chance")]
+    return {
+        "columns": [{"key": k, "header": h, "role": role} for k, h, _, role in XAI_TABLE_COLUMNS],
+        "rows": rows,
+        "has_truth": any(v is not None for k in gt_keys for v in values[k]),
+        "has_dice": any(v is not None for v in values["seed_dice"]),
+        "passing": [r["method"] for r in rows if r["sanity"] == "pass"],
+        "failing": [r["method"] for r in rows if r["sanity"] == "fail"],
+        "unchecked": [r["method"] for r in rows if r["sanity"] is None],
+        "threshold": _pass_threshold(run),
+        "best": sorted(best),
+    }
+
+
+def _label(pid: str) -> str:
+    pid = str(pid)
+    return pid if pid.startswith("sub-") else f"sub-{pid}"
+
+
+def _pick_subjects(run: RunFolder, methods: list[str], n: int) -> list[str]:
+    """Up to ``n`` subjects with maps of every method (if possible with truth), spread over age."""
+    sets = [set(run.subject_maps[m]) for m in methods]
+    pool = sorted(set.intersection(*sets)) or sorted(set.union(*sets))
+    with_truth = [s for s in pool if s in run.truth]
+    pool = with_truth or pool
+    ages = {
+        _label(p): a
+        for p, a in zip(run.predictions["participant_id"], run.predictions["age"], strict=True)
+        if pd.notna(a)
+    }
+    pool = sorted(pool, key=lambda s: (s not in ages, ages.get(s, 0.0), mf._natural_key(s)))
+    if len(pool) <= n:
+        return pool
+    picks = np.unique(np.rint(np.linspace(0, len(pool) - 1, n)).astype(int))
+    return [pool[i] for i in picks]
+
+
+def _xai_figure(run: RunFolder, sanity: dict) -> dict | None:
+    from brainage.report.run_folder import _MAP_RE
+
+    methods = [m for m in run.explained_methods if run.subject_maps.get(m)]
+    if not methods:
+        return None
+    subjects = _pick_subjects(run, methods, N_XAI_SUBJECTS)
+    maps = {
+        m: [
+            nib.load(str(run.subject_maps[m][s])) if s in run.subject_maps[m] else None
+            for s in subjects
+        ]
+        for m in methods
+    }
+    truths = [nib.load(str(run.truth[s])) if s in run.truth else None for s in subjects]
+    ages = {
+        _label(p): a
+        for p, a in zip(run.predictions["participant_id"], run.predictions["age"], strict=True)
+    }
+    labels = [
+        s + (f"\nage {ages[s]:.0f} y" if _number(ages.get(s)) is not None else "") for s in subjects
+    ]
+    first = next(
+        run.subject_maps[m][s] for m in methods for s in subjects if s in run.subject_maps[m]
+    )
+    match = _MAP_RE.match(first.name)
+    res = match["res"] if match else None
+    background, brain = _background(res), _brain_mask(res)
+    fig = mf.methods_side_by_side_figure(
+        maps,
+        labels,
+        truths=truths,
+        background=background,
+        brain=brain,
+        flagged=[m for m in methods if sanity.get(m) == "fail"],
+    )
+    uri = mf.figure_to_data_uri(fig, dpi=100, max_colors=256)
+    return {
+        "uri": uri,
+        "methods": methods,
+        "subjects": subjects,
+        "has_truth": any(t is not None for t in truths),
+        "background": background is not None,
+        "kbytes": len(uri) * 3 / 4 / 1024,
+    }
+
+
+def _brain_mask(res):
+    from brainage.space import load_template
+
+    try:
+        return load_template(float(str(res).replace("p", ".")))["mask"]
+    except Exception:  # unknown resolution label: scale over nonzero voxels instead
+        return None
+
+
+_LESION_COLUMNS = (
+    "n_subjects",
+    "n_excluded",
+    "mean_lesion_relevance",
+    "mean_expected_relevance",
+    "mean_difference",
+    "t",
+    "df",
+    "p",
+    "d",
+)
+
+
+def _lesion_section(run: RunFolder) -> dict:
+    rows = []
+    for rec in run.lesions.to_dict("records"):
+        v = {k: _number(rec.get(k)) for k in _LESION_COLUMNS}
+        uses = None
+        if v["d"] is not None and v["p"] is not None:
+            uses = v["d"] > 0 and v["p"] < LESION_ALPHA
+        method = rec.get("method")
+        rows.append(
+            {"method": "ensemble" if pd.isna(method) else str(method), "v": v, "uses": uses}
+        )
+    first = run.lesions.iloc[0]
+    return {
+        "rows": rows,
+        "uses": [r["method"] for r in rows if r["uses"] is True],
+        "not_uses": [r["method"] for r in rows if r["uses"] is False],
+        "untested": [r["method"] for r in rows if r["uses"] is None],
+        "alpha": LESION_ALPHA,
+        "min_voxels": _number(first.get("min_lesion_voxels")),
+        "alternative": first.get("alternative") if "alternative" in run.lesions else None,
+    }
 
 
 def _qc_section(run: RunFolder) -> dict | None:

@@ -22,6 +22,11 @@ _POP_RE = re.compile(
     r"(?P<kind>stat-mean|desc-top10)_relevance\.nii(\.gz)?$"
 )
 _REG_RE = re.compile(r"^method-(?P<method>.+?)_atlas-(?P<atlas>.+)_regions\.tsv$")
+_MAP_RE = re.compile(
+    r"^(?P<sub>sub-[^_]+)_(?:ses-[^_]+_)?space-(?P<space>[^_]+)_res-(?P<res>[^_]+)_"
+    r"desc-(?P<desc>[^_]+)_relevance\.nii(\.gz)?$"
+)
+_TRUTH_RE = re.compile(r"^(?P<sub>sub-[^_]+)(?:_[^_]+-[^_]+)*_desc-ageeffect_mask\.nii(\.gz)?$")
 
 
 @dataclass
@@ -47,6 +52,18 @@ class RunFolder:
         when the file exists).
     regions : dict of str to dict of str to pandas.DataFrame
         ``method → atlas → region table``.
+    xai : pandas.DataFrame or None
+        ``evaluation/xai.tsv``: one row per explanation method (ground-truth scores, the
+        model-randomisation sanity check, seed agreement; see :mod:`brainage.evaluate`).
+    lesions : pandas.DataFrame or None
+        ``evaluation/lesions.tsv``: one row per method (lesion analysis of paper 003).
+    subject_maps : dict of str to dict of str to Path
+        ``method → "sub-<id>" → ensemble relevance map`` in template space
+        (``explain/method-<m>/sub-<id>_space-…_res-…_desc-<m>_relevance.nii.gz``; the maps of
+        single base models under ``seed-<n>/`` are not listed).
+    truth : dict of str to Path
+        ``"sub-<id>" → evaluation/truth/sub-<id>_desc-ageeffect_mask.nii.gz`` (simulated
+        cohorts only: where age acts, on the grid of the relevance maps).
     problems : list of str
         Files that exist but could not be read, with the reason.
     """
@@ -64,12 +81,28 @@ class RunFolder:
     training_logs: dict = field(default_factory=dict)
     population: dict = field(default_factory=dict)
     regions: dict = field(default_factory=dict)
+    xai: pd.DataFrame | None = None
+    lesions: pd.DataFrame | None = None
+    subject_maps: dict = field(default_factory=dict)
+    truth: dict = field(default_factory=dict)
     problems: list = field(default_factory=list)
 
     @property
     def methods(self) -> list[str]:
         """Explanation methods with a population map or a region table, sorted."""
         return sorted(set(self.population) | set(self.regions))
+
+    @property
+    def explained_methods(self) -> list[str]:
+        """Methods with per-subject maps or a row in ``evaluation/xai.tsv``.
+
+        In the order of ``xai.tsv``, then alphabetically.
+        """
+        listed = []
+        if self.xai is not None:
+            listed = [str(m) for m in self.xai["method"] if pd.notna(m)]
+        rest = sorted(m for m in self.subject_maps if m not in listed)
+        return list(dict.fromkeys(listed + rest))
 
 
 def read_tsv(path) -> pd.DataFrame:
@@ -199,6 +232,24 @@ def read_run_folder(out_dir) -> RunFolder:
         )
         if table is not None:
             run.regions.setdefault(m["method"], {})[m["atlas"]] = table
+
+    evaluation = root / "evaluation"
+    run.xai = _optional(run, evaluation / "xai.tsv", lambda p: _require(read_tsv(p), ["method"], p))
+    run.lesions = _optional(
+        run, evaluation / "lesions.tsv", lambda p: _require(read_tsv(p), ["method"], p)
+    )
+    for folder in sorted((root / "explain").glob("method-*")):
+        if not folder.is_dir():
+            continue
+        method = folder.name[len("method-") :]
+        for path in sorted(folder.glob("sub-*_relevance.nii*")):
+            m = _MAP_RE.match(path.name)
+            if m is not None and m["desc"] == method.replace("_", ""):
+                run.subject_maps.setdefault(method, {})[m["sub"]] = path
+    for path in sorted((evaluation / "truth").glob("sub-*_desc-ageeffect_mask.nii*")):
+        m = _TRUTH_RE.match(path.name)
+        if m is not None:
+            run.truth.setdefault(m["sub"], path)
     return run
 
 
