@@ -186,6 +186,26 @@ def _cached_row(files: dict, params_hash: str, participant_id: str) -> dict | No
     return _row(participant_id, files, meta.get("reg_quality"), meta.get("seconds", {}), True)
 
 
+def _params_hash(t1w_path, config: PreprocessConfig) -> str:
+    """Cache key of a subject: preprocessing version, configuration and input file bytes."""
+    return stable_hash(PREPROC_VERSION, config.to_dict(), file_hash(t1w_path))
+
+
+def cached_result(participant_id: str, t1w_path, out_dir, config: PreprocessConfig) -> dict | None:
+    """The result row of a subject finished earlier with the same input and config, else None.
+
+    Reads only the JSON sidecar (the completion marker) and checks that the outputs exist, so a
+    rerun skips finished subjects without starting a worker.
+    """
+    t1w_path = Path(t1w_path)
+    if not t1w_path.is_file():
+        return None
+    files = subject_files(out_dir, str(participant_id), config)
+    if not files["sidecar"].exists():
+        return None
+    return _cached_row(files, _params_hash(t1w_path, config), str(participant_id))
+
+
 def _row(participant_id, files, reg_quality, seconds: dict, cached: bool) -> dict:
     return {
         "participant_id": participant_id,
@@ -262,11 +282,11 @@ def preprocess_subject(
             pid,
             t1w_path,
         )
-    input_hash = file_hash(t1w_path)
-    params_hash = stable_hash(PREPROC_VERSION, config.to_dict(), input_hash)
-    cached = _cached_row(files, params_hash, pid)
+    cached = cached_result(pid, t1w_path, out_dir, config)
     if cached is not None:
         return cached
+    input_hash = file_hash(t1w_path)
+    params_hash = stable_hash(PREPROC_VERSION, config.to_dict(), input_hash)
     files["sidecar"].unlink(missing_ok=True)  # stale marker goes first, files are redone
 
     timer = StageTimer()
@@ -461,6 +481,14 @@ def preprocess_cohort(
 
     task = functools.partial(_subject_task, out_dir=str(out_dir), config=config)
     rows = {}
+    todo = []
+    for pid, t1w in items:
+        row = cached_result(pid, t1w, out_dir, config)
+        if row is None:
+            todo.append((pid, t1w))
+        else:
+            rows[pid] = row
+    items_all, items = items, todo
     outcomes = iter_tasks(
         task,
         items,
@@ -479,7 +507,7 @@ def preprocess_cohort(
                 failures.append(err)
             else:
                 rows[item[0]] = outcome
-    order = [pid for pid, _ in items if pid in rows]
+    order = [pid for pid, _ in items_all if pid in rows]
     result = pd.DataFrame([rows[pid] for pid in order], columns=list(ROW_COLUMNS))
     qc = result[["participant_id", "reg_quality", "qc_png", "preproc", "mask"]].copy()
     for col in ("qc_png", "preproc", "mask"):
