@@ -40,8 +40,9 @@ def main() -> None:
         split = pd.read_csv(args.run / "cohort.tsv", sep="\t").set_index("participant_id")["split"]
         table["split"] = table["participant_id"].map(split).fillna("excluded")
     else:
-        table["split"] = make_splits(table, cfg["split"]["test_fraction"],
-                                     cfg["split"]["validation_fraction"], cfg["seed"]).to_numpy()
+        table["split"] = make_splits(
+            table, cfg["split"]["test_fraction"], cfg["split"]["validation_fraction"], cfg["seed"]
+        ).to_numpy()
     vols = pd.read_csv(args.bids / "derivatives" / "dlmuse" / "volumes.tsv", sep="\t")
     data = table.merge(vols, on="participant_id")
     feats = [c for c in vols.columns if c.startswith("MUSE_")]
@@ -51,7 +52,9 @@ def main() -> None:
     fit = data["split"].isin(["train", "validation"]).to_numpy()
     test = (data["split"] == "test").to_numpy()
     y = data["age"].to_numpy(float)
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 25))).fit(x[fit], y[fit])
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 25))).fit(
+        x[fit], y[fit]
+    )
     ridge_mae = np.mean(np.abs(model.predict(x[test]) - y[test]))
     mean_mae = np.mean(np.abs(y[fit].mean() - y[test]))
     print(f"IXI hold-out test subjects: {test.sum()} (fit on {fit.sum()})")

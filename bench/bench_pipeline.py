@@ -50,14 +50,22 @@ def throughput(model_name: str, resolution_mm: float, batch_size: int = 8, steps
         if device.type == "cuda":
             torch.cuda.synchronize()
     infer_vps = batch_size * steps / (time.perf_counter() - t0)
-    return {"model": model_name, "res_mm": resolution_mm, "shape": shape, "device": str(device),
-            "train_vol_per_s": train_vps, "infer_vol_per_s": infer_vps}
+    return {
+        "model": model_name,
+        "res_mm": resolution_mm,
+        "shape": shape,
+        "device": str(device),
+        "train_vol_per_s": train_vps,
+        "infer_vol_per_s": infer_vps,
+    }
 
 
 def print_stages(run_dir: Path) -> None:
     prov = json.loads((run_dir / "provenance.json").read_text())
     total = sum(prov["stage_seconds"].values())
-    print(f"\nstage wall time of {run_dir} (device {prov.get('device')}, {prov.get('n_threads')} threads)")
+    print(
+        f"\nstage wall time of {run_dir} (device {prov.get('device')}, {prov.get('n_threads')} threads)"
+    )
     for stage, sec in prov["stage_seconds"].items():
         print(f"  {stage:<14} {sec:8.1f} s  {100 * sec / total:5.1f} %")
     print(f"  {'total':<14} {total:8.1f} s")
@@ -73,8 +81,10 @@ def main() -> None:
     print(f"{'model':<8} {'res':>4} {'shape':<14} {'train vol/s':>12} {'infer vol/s':>12}")
     for name, res in (("hofmann", 4.0), ("hofmann", 3.0), ("hofmann", 2.0), ("resnet", 3.0)):
         r = throughput(name, res)
-        print(f"{r['model']:<8} {r['res_mm']:>4g} {str(r['shape']):<14} "
-              f"{r['train_vol_per_s']:>12.1f} {r['infer_vol_per_s']:>12.1f}")
+        print(
+            f"{r['model']:<8} {r['res_mm']:>4g} {str(r['shape']):<14} "
+            f"{r['train_vol_per_s']:>12.1f} {r['infer_vol_per_s']:>12.1f}"
+        )
     if args.run:
         print_stages(args.run)
     if not args.no_demo:
@@ -83,7 +93,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             demo(Path(tmp) / "demo", n_subjects=args.n_subjects, progress=False)
-            print(f"\ndemo with {args.n_subjects} subjects: {time.perf_counter() - t0:.1f} s end to end")
+            print(
+                f"\ndemo with {args.n_subjects} subjects: {time.perf_counter() - t0:.1f} s end to end"
+            )
             print_stages(Path(tmp) / "demo")
 
 

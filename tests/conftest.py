@@ -29,7 +29,11 @@ def ixi_root() -> Path:
 def write_volume(path: Path, shape=(24, 28, 22), seed=0, value=None) -> Path:
     """Write a small synthetic NIfTI with a 2 mm affine and return its path."""
     rng = np.random.default_rng(seed)
-    data = rng.uniform(1, 100, shape).astype(np.float32) if value is None else np.full(shape, value, np.float32)
+    data = (
+        rng.uniform(1, 100, shape).astype(np.float32)
+        if value is None
+        else np.full(shape, value, np.float32)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
     return path

@@ -17,7 +17,10 @@ def test_ridge_head_recovers_weights():
     p = np.column_stack([truth + rng.normal(0, s, 200) for s in (2, 10, 30)])
     head = RidgeHead(alpha=1.0).fit(p, truth)
     assert head.coef_[0] > head.coef_[1] > head.coef_[2] >= 0
-    assert regression_metrics(truth, head.predict(p))["mae"] < regression_metrics(truth, p.mean(1))["mae"]
+    assert (
+        regression_metrics(truth, head.predict(p))["mae"]
+        < regression_metrics(truth, p.mean(1))["mae"]
+    )
     again = RidgeHead.from_dict(head.to_dict())
     np.testing.assert_allclose(again.predict(p), head.predict(p))
     oof = head.cross_val_predict(p, truth)
@@ -53,7 +56,9 @@ def test_bias_correction_guard_flat_slope():
     assert any("slope" in w for w in bc.warnings_)
     d = bc.to_dict()
     assert d["recommended_column"] == "brain_age"
-    assert AgeBiasCorrection.from_dict(d).transform([50.0])[0] == pytest.approx(bc.transform([50.0])[0])
+    assert AgeBiasCorrection.from_dict(d).transform([50.0])[0] == pytest.approx(
+        bc.transform([50.0])[0]
+    )
 
 
 def test_residualize_gap_removes_age_dependence():

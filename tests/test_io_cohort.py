@@ -27,7 +27,8 @@ def test_read_bids_real_ixi(ixi_root):
 
 
 @pytest.mark.parametrize(
-    ("age", "fragment"), [("abc", "is not a number"), ("-3", "not a valid age"), ("200", "not a valid age")]
+    ("age", "fragment"),
+    [("abc", "is not a number"), ("-3", "not a valid age"), ("200", "not a valid age")],
 )
 def test_bad_age_is_a_failure_naming_the_subject(tmp_path, age, fragment):
     root = make_bids(tmp_path / "bids", {"sub-01": "30", "sub-02": age, "sub-03": "40"})
@@ -42,14 +43,18 @@ def test_bad_age_is_a_failure_naming_the_subject(tmp_path, age, fragment):
 
 def test_duplicate_participant_is_fatal(tmp_path):
     root = make_bids(tmp_path / "bids", {"sub-01": "30", "sub-02": "40"})
-    (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t30\nsub-02\t40\nsub-01\t31\n")
+    (root / "participants.tsv").write_text(
+        "participant_id\tage\nsub-01\t30\nsub-02\t40\nsub-01\t31\n"
+    )
     with pytest.raises(InputError, match="'sub-01' appears more than once"):
         read_bids(root)
 
 
 def test_missing_image_listed(tmp_path):
     root = make_bids(tmp_path / "bids", {"sub-01": "30", "sub-02": "40"})
-    (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t30\nsub-02\t40\nsub-09\t50\n")
+    (root / "participants.tsv").write_text(
+        "participant_id\tage\nsub-01\t30\nsub-02\t40\nsub-09\t50\n"
+    )
     cohort = read_bids(root)
     assert cohort.participant_ids == ["sub-01", "sub-02"]
     assert "sub-09" in str(cohort.failures[0]) and "no T1w image" in str(cohort.failures[0])
@@ -59,7 +64,9 @@ def test_read_table_relative_paths_and_missing_file(tmp_path):
     write_volume(tmp_path / "imgs" / "a.nii.gz")
     write_volume(tmp_path / "imgs" / "b.nii.gz", seed=1)
     table = tmp_path / "cohort.csv"
-    table.write_text("participant_id,age,t1w\nA,33.3,imgs/a.nii.gz\nB,,imgs/b.nii.gz\nC,50,imgs/missing.nii.gz\n")
+    table.write_text(
+        "participant_id,age,t1w\nA,33.3,imgs/a.nii.gz\nB,,imgs/b.nii.gz\nC,50,imgs/missing.nii.gz\n"
+    )
     cohort = read_table(table)
     assert cohort.participant_ids == ["A", "B"]
     assert cohort.table["t1w"].iloc[0] == str((tmp_path / "imgs" / "a.nii.gz").resolve())

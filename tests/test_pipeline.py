@@ -19,15 +19,26 @@ pytestmark = pytest.mark.integration
 TINY = {
     "seed": 0,
     "ensemble": {"n_seeds": 2},
-    "train": {"epochs": 3, "patience": 3, "batch_size": 8,
-              "model_params": {"filters": [8, 8, 16, 16, 8], "dense": 16}},
+    "train": {
+        "epochs": 3,
+        "patience": 3,
+        "batch_size": 8,
+        "model_params": {"filters": [8, 8, 16, 16, 8], "dense": 16},
+    },
     "bias_correction": {"n_bootstrap": 50},
     "population": {"atlases": ["aal"]},
     "run": {"n_jobs": 1, "backend": "serial"},
 }
 
-PRED_COLUMNS = ["participant_id", "age", "brain_age", "brain_age_corrected", "brain_age_gap",
-                "uncertainty", "split"]
+PRED_COLUMNS = [
+    "participant_id",
+    "age",
+    "brain_age",
+    "brain_age_corrected",
+    "brain_age_gap",
+    "uncertainty",
+    "split",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +72,9 @@ def test_run_outputs(tiny_run):
     known = pred.dropna(subset=["age"])
     np.testing.assert_allclose(known["brain_age_gap"], known[col] - known["age"], atol=1e-3)
     metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
-    assert {"seed-0", "seed-1", "ensemble", "ensemble_corrected", "mean_age_baseline"} <= set(metrics["model"])
+    assert {"seed-0", "seed-1", "ensemble", "ensemble_corrected", "mean_age_baseline"} <= set(
+        metrics["model"]
+    )
     # relevance maps: one per test subject and method, in template space
     n_test = int((pred["split"] == "test").sum())
     for method in cfg["explain"]["methods"]:
@@ -75,7 +88,9 @@ def test_run_outputs(tiny_run):
     html = (out / "report.html").read_text()
     assert "<img" in html and "http://" not in html.replace("http://www.w3.org", "")
     prov = json.loads((out / "provenance.json").read_text())
-    assert {"preprocess", "train", "predict", "explain", "population", "report"} <= set(prov["stage_seconds"])
+    assert {"preprocess", "train", "predict", "explain", "population", "report"} <= set(
+        prov["stage_seconds"]
+    )
 
 
 def test_rerun_uses_cache(tiny_run):
@@ -95,7 +110,9 @@ def test_predict_new_subjects(tiny_run, tmp_path):
     from brainage.simulate import simulate_cohort
 
     root, _, _, _ = tiny_run
-    new = simulate_cohort(tmp_path / "new", n_subjects=6, resolution_mm=4.0, seed=99, progress=False)
+    new = simulate_cohort(
+        tmp_path / "new", n_subjects=6, resolution_mm=4.0, seed=99, progress=False
+    )
     pred = predict(root / "out", read_bids(new), tmp_path / "pred", progress=False)
     written = pd.read_csv(tmp_path / "pred" / "predictions.tsv", sep="\t")
     assert list(written.columns[:7]) == PRED_COLUMNS and len(written) == 6
@@ -110,7 +127,9 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     exe = shutil.which("brainage") or f"{sys.executable} -m brainage.cli"
     proc = subprocess.run(
         [*exe.split(), "run", "--bids", str(bids), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "sub-1" in proc.stderr and "appears more than once" in proc.stderr

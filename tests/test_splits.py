@@ -10,7 +10,9 @@ def _table(n=141, n_unknown=4, seed=0):
     rng = np.random.default_rng(seed)
     ages = rng.uniform(20, 82, n + n_unknown)
     ages[:n_unknown] = np.nan
-    return pd.DataFrame({"participant_id": [f"sub-{i:03d}" for i in range(n + n_unknown)], "age": ages})
+    return pd.DataFrame(
+        {"participant_id": [f"sub-{i:03d}" for i in range(n + n_unknown)], "age": ages}
+    )
 
 
 def test_split_sizes_disjoint_and_unknown_age_predicted():
@@ -25,7 +27,11 @@ def test_split_sizes_disjoint_and_unknown_age_predicted():
 
 def test_split_is_seeded_and_stratified():
     t = _table()
-    a, b, c = make_splits(t, 0.1, 0.15, 1), make_splits(t, 0.1, 0.15, 1), make_splits(t, 0.1, 0.15, 2)
+    a, b, c = (
+        make_splits(t, 0.1, 0.15, 1),
+        make_splits(t, 0.1, 0.15, 1),
+        make_splits(t, 0.1, 0.15, 2),
+    )
     assert (a == b).all() and not (a == c).all()
     # stratified: test ages span the age range (one pick per age stratum)
     test_ages = np.sort(t["age"].to_numpy()[(a == "test").to_numpy()])

@@ -6,7 +6,13 @@ import torch
 from brainage.config import load_config, seeds_of
 from brainage.errors import ConfigError
 from brainage.models import build_model
-from brainage.train import TrainConfig, fold_target_scaling, load_model, predict_volumes, train_model
+from brainage.train import (
+    TrainConfig,
+    fold_target_scaling,
+    load_model,
+    predict_volumes,
+    train_model,
+)
 
 
 def _data(n=24, shape=(12, 14, 10), seed=0):
@@ -18,13 +24,21 @@ def _data(n=24, shape=(12, 14, 10), seed=0):
 
 
 def _cfg(**kw):
-    base = dict(epochs=6, patience=10, batch_size=6, augment=[], model_params={"filters": (4, 4, 8, 8, 4), "dense": 8})
+    base = dict(
+        epochs=6,
+        patience=10,
+        batch_size=6,
+        augment=[],
+        model_params={"filters": (4, 4, 8, 8, 4), "dense": 8},
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 def test_fold_target_scaling_matches_affine_map():
-    m = build_model("hofmann", input_shape=(12, 14, 10), filters=(4, 4, 4, 4, 4), dense=8, mean_age=0.0).eval()
+    m = build_model(
+        "hofmann", input_shape=(12, 14, 10), filters=(4, 4, 4, 4, 4), dense=8, mean_age=0.0
+    ).eval()
     x = torch.randn(3, 1, 12, 14, 10)
     z = m(x).detach()
     fold_target_scaling(m, 47.0, 12.5)
@@ -44,7 +58,9 @@ def test_training_learns_is_seeded_and_bias_is_mean_age(tmp_path):
 
 def test_training_resumes_from_checkpoint(tmp_path):
     x, ages = _data()
-    full = train_model(x[:18], ages[:18], x[18:], ages[18:], _cfg(), seed=2, out_dir=tmp_path / "full")
+    full = train_model(
+        x[:18], ages[:18], x[18:], ages[18:], _cfg(), seed=2, out_dir=tmp_path / "full"
+    )
     # a run "killed" after 3 epochs: train 3 epochs, keep only the checkpoint
     part_dir = tmp_path / "part"
     calls = []
@@ -55,15 +71,28 @@ def test_training_resumes_from_checkpoint(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_model(x[:18], ages[:18], x[18:], ages[18:], _cfg(), seed=2, out_dir=part_dir, progress=stop_after_3)
+        train_model(
+            x[:18],
+            ages[:18],
+            x[18:],
+            ages[18:],
+            _cfg(),
+            seed=2,
+            out_dir=part_dir,
+            progress=stop_after_3,
+        )
     assert (part_dir / "checkpoint.pt").exists() and not (part_dir / "model.json").exists()
     resumed = train_model(x[:18], ages[:18], x[18:], ages[18:], _cfg(), seed=2, out_dir=part_dir)
     np.testing.assert_allclose(resumed.log["val_mae"], full.log["val_mae"], rtol=1e-5)
     model, meta = load_model(part_dir)
-    np.testing.assert_allclose(predict_volumes(model, x[18:]), predict_volumes(full.model, x[18:]), rtol=1e-5)
+    np.testing.assert_allclose(
+        predict_volumes(model, x[18:]), predict_volumes(full.model, x[18:]), rtol=1e-5
+    )
     assert meta["seed"] == 2 and not (part_dir / "checkpoint.pt").exists()
     # finished: a third call loads instead of training
-    again = train_model(x[:18], ages[:18], x[18:], ages[18:], _cfg(epochs=1), seed=2, out_dir=part_dir)
+    again = train_model(
+        x[:18], ages[:18], x[18:], ages[18:], _cfg(epochs=1), seed=2, out_dir=part_dir
+    )
     assert len(again.log) == len(full.log)
 
 

@@ -20,13 +20,15 @@ app = typer.Typer(
 )
 
 BidsOpt = Annotated[
-    Path | None, typer.Option("--bids", help="BIDS dataset (participants.tsv + sub-*/anat/*_T1w.nii.gz).")
+    Path | None,
+    typer.Option("--bids", help="BIDS dataset (participants.tsv + sub-*/anat/*_T1w.nii.gz)."),
 ]
 TableOpt = Annotated[
     Path | None, typer.Option("--table", help="CSV/TSV with participant_id, age, t1w (image path).")
 ]
 StrictOpt = Annotated[
-    bool, typer.Option("--strict", help="Stop at the first subject that fails instead of listing it.")
+    bool,
+    typer.Option("--strict", help="Stop at the first subject that fails instead of listing it."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
@@ -57,12 +59,16 @@ def run(
     out: Annotated[Path, typer.Option("--out", help="Output folder (rerun to resume).")],
     bids: BidsOpt = None,
     table: TableOpt = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML overriding defaults.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML overriding defaults.")
+    ] = None,
     seeds: Annotated[int | None, typer.Option("--seeds", help="Number of base models.")] = None,
     methods: Annotated[
         str | None, typer.Option("--methods", help="Comma-separated explanation methods.")
     ] = None,
-    n_jobs: Annotated[int | None, typer.Option("--n-jobs", help="Parallel preprocessing workers.")] = None,
+    n_jobs: Annotated[
+        int | None, typer.Option("--n-jobs", help="Parallel preprocessing workers.")
+    ] = None,
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -83,7 +89,9 @@ def run(
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Option("--model", help="Output folder of an earlier `brainage run`.")],
+    model: Annotated[
+        Path, typer.Option("--model", help="Output folder of an earlier `brainage run`.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output folder for predictions.tsv.")],
     bids: BidsOpt = None,
     table: TableOpt = None,
@@ -128,8 +136,13 @@ def simulate(
 
     contrasts = ("T1w", "FLAIR") if flair else ("T1w",)
     simulate_cohort(
-        out, n_subjects=n_subjects, resolution_mm=resolution, seed=seed, contrasts=contrasts,
-        n_jobs=n_jobs, progress=not quiet,
+        out,
+        n_subjects=n_subjects,
+        resolution_mm=resolution,
+        seed=seed,
+        contrasts=contrasts,
+        n_jobs=n_jobs,
+        progress=not quiet,
     )
 
 
@@ -138,7 +151,9 @@ def preprocess(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     bids: BidsOpt = None,
     table: TableOpt = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML overriding defaults.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML overriding defaults.")
+    ] = None,
     n_jobs: Annotated[int | None, typer.Option("--n-jobs")] = None,
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
@@ -167,7 +182,9 @@ def explain(
     """Write relevance maps of a finished run with the chosen methods, then maps, regions, report."""
     from brainage.pipeline import explain_run
 
-    explain_run(out, [m.strip() for m in methods.split(",") if m.strip()], subjects, progress=not quiet)
+    explain_run(
+        out, [m.strip() for m in methods.split(",") if m.strip()], subjects, progress=not quiet
+    )
 
 
 @app.command(name="methods")

@@ -125,7 +125,9 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read configuration {path}: {exc}") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"configuration {path} must be a mapping of sections; got {type(loaded).__name__}")
+            raise ConfigError(
+                f"configuration {path} must be a mapping of sections; got {type(loaded).__name__}"
+            )
         cfg = merge(cfg, loaded)
     if overrides:
         cfg = merge(cfg, overrides)

@@ -123,7 +123,9 @@ def preprocess_stage(cohort: Cohort, out_dir: Path, cfg: dict, progress: bool = 
         progress=progress,
         **({"dask_address": cfg["run"]["dask_address"]} if cfg["run"]["dask_address"] else {}),
     )
-    table = cohort.table.merge(result.table, on="participant_id", how="inner", suffixes=("", "_pre"))
+    table = cohort.table.merge(
+        result.table, on="participant_id", how="inner", suffixes=("", "_pre")
+    )
     return table.reset_index(drop=True), list(result.failures)
 
 
@@ -197,11 +199,20 @@ def train_stage(
             x_train = np.asarray(x[train])
             x_val = np.asarray(x[val])
             res = train_model(
-                x_train, ages[train], x_val, ages[val], tcfg, seed, folder, progress=tick,
+                x_train,
+                ages[train],
+                x_val,
+                ages[val],
+                tcfg,
+                seed,
+                folder,
+                progress=tick,
                 meta_extra={"hash": key},
             )
             if bar:
-                bar.update(task, completed=tcfg.epochs, status=f"best val MAE {res.best_val_mae:.2f} y")
+                bar.update(
+                    task, completed=tcfg.epochs, status=f"best val MAE {res.best_val_mae:.2f} y"
+                )
             folders.append(folder)
     finally:
         if bar:
@@ -209,7 +220,9 @@ def train_stage(
     return folders
 
 
-def prediction_table(participant_ids, ages, base, brain_age, correction, split, names) -> pd.DataFrame:
+def prediction_table(
+    participant_ids, ages, base, brain_age, correction, split, names
+) -> pd.DataFrame:
     """The ``predictions.tsv`` table.
 
     Parameters
@@ -358,8 +371,14 @@ def _fit_noise_models(x, table, model_dirs, models, cfg, progress):
     for d, m in zip(model_dirs, models, strict=True):
         noise.append(
             fit_unoise(
-                m, np.asarray(x[train]), ages[train], np.asarray(x[val]), ages[val],
-                seed=cfg["seed"], out_path=Path(d) / "unoise.pt", **params,
+                m,
+                np.asarray(x[train]),
+                ages[train],
+                np.asarray(x[val]),
+                ages[val],
+                seed=cfg["seed"],
+                out_path=Path(d) / "unoise.pt",
+                **params,
             )
         )
     return noise
@@ -404,31 +423,57 @@ def explain_stage(
         for method in ecfg["methods"]:
             params = dict(ecfg["params"].get(method, {}))
             per_model_params = [dict(params) for _ in models]
-            key = stable_hash([meta.get("hash") for _, meta in loaded], method, params,
-                              ecfg["params"].get("unoise_fit") if method == "unoise" else None)
+            key = stable_hash(
+                [meta.get("hash") for _, meta in loaded],
+                method,
+                params,
+                ecfg["params"].get("unoise_fit") if method == "unoise" else None,
+            )
             mdir = out_dir / "explain" / f"method-{method}"
             marker = mdir / "hash.txt"
             if marker.exists() and marker.read_text() != key:
                 shutil.rmtree(mdir)
-            paths = [relevance_path(out_dir, method, table["participant_id"].iloc[i], res) for i in idx]
+            paths = [
+                relevance_path(out_dir, method, table["participant_id"].iloc[i], res) for i in idx
+            ]
             todo = [(i, p) for i, p in zip(idx, paths, strict=True) if not p.exists()]
             if todo and method == "unoise":
-                for pm, noise in zip(per_model_params, _fit_noise_models(x, table, model_dirs, models, cfg, progress), strict=True):
+                for pm, noise in zip(
+                    per_model_params,
+                    _fit_noise_models(x, table, model_dirs, models, cfg, progress),
+                    strict=True,
+                ):
                     pm["noise_model"] = noise
             write_text(marker, key)
-            task = bar.add_task(f"explain {method}", total=len(idx), completed=len(idx) - len(todo), status="") if bar else None
+            task = (
+                bar.add_task(
+                    f"explain {method}", total=len(idx), completed=len(idx) - len(todo), status=""
+                )
+                if bar
+                else None
+            )
             bs = max(1, int(ecfg["batch_size"]))
             for start in range(0, len(todo), bs):
                 chunk = todo[start : start + bs]
                 vols = torch.as_tensor(np.stack([np.asarray(x[i]) for i, _ in chunk]))
-                maps = [explain(m, vols, method, batch_size=bs, **pm) for m, pm in zip(models, per_model_params, strict=True)]
+                maps = [
+                    explain(m, vols, method, batch_size=bs, **pm)
+                    for m, pm in zip(models, per_model_params, strict=True)
+                ]
                 for c, (i, p) in enumerate(chunk):
                     pid = table["participant_id"].iloc[i]
                     meta = {"space": TEMPLATE_SPACE, "method": method}
                     for name, mp in zip(names, maps, strict=True):
-                        save_nifti(mp[c, 0], grid.affine, relevance_path(out_dir, method, pid, res, name), metadata=meta)
+                        save_nifti(
+                            mp[c, 0],
+                            grid.affine,
+                            relevance_path(out_dir, method, pid, res, name),
+                            metadata=meta,
+                        )
                     mean = np.mean([mp[c, 0] for mp in maps], axis=0)
-                    save_nifti(mean, grid.affine, p, metadata=meta)  # written last: completion marker
+                    save_nifti(
+                        mean, grid.affine, p, metadata=meta
+                    )  # written last: completion marker
                 if bar:
                     bar.advance(task, len(chunk))
             out[method] = paths
@@ -462,8 +507,14 @@ def population_stage(maps: dict[str, list[Path]], out_dir: Path, cfg: dict) -> d
             continue
         stack = np.stack([np.asarray(nib.load(str(p)).dataobj, dtype=np.float32) for p in paths])
         written = write_population_maps(
-            stack, mask, grid, out_dir, method,
-            normalise=pcfg["normalise"], fraction=pcfg["top_fraction"], sigma_vox=pcfg["sigma_vox"],
+            stack,
+            mask,
+            grid,
+            out_dir,
+            method,
+            normalise=pcfg["normalise"],
+            fraction=pcfg["top_fraction"],
+            sigma_vox=pcfg["sigma_vox"],
         )
         mean_map = np.asarray(nib.load(str(written["mean"])).dataobj, dtype=np.float32)
         regions = {}
@@ -513,7 +564,12 @@ def evaluate_stage(
     import nibabel as nib
     import torch
 
-    from brainage.evaluate import cascading_randomisation, evaluate_explanations, seed_agreement, write_xai_table
+    from brainage.evaluate import (
+        cascading_randomisation,
+        evaluate_explanations,
+        seed_agreement,
+        write_xai_table,
+    )
     from brainage.population import normalise_maps
     from brainage.stats import lesion_relevance_test, write_lesion_table
 
@@ -559,19 +615,30 @@ def evaluate_stage(
             truths = np.stack(found)
             for pid, t in zip(pids, truths, strict=True):
                 save_nifti(
-                    t.astype(np.uint8), grid.affine,
-                    out_dir / "evaluation" / "truth" / f"{_bids_label(pid)}_desc-ageeffect_mask.nii.gz",
+                    t.astype(np.uint8),
+                    grid.affine,
+                    out_dir
+                    / "evaluation"
+                    / "truth"
+                    / f"{_bids_label(pid)}_desc-ageeffect_mask.nii.gz",
                     dtype=np.uint8,
                 )
         lesions = [_load_truth(truth_dir, pid, "lesions", grid) for pid in pids]
         if all(m is not None for m in lesions):
-            results = {m: lesion_relevance_test(stack, np.stack(lesions), brain) for m, stack in stacks.items()}
+            results = {
+                m: lesion_relevance_test(stack, np.stack(lesions), brain)
+                for m, stack in stacks.items()
+            }
             write_lesion_table(results, out_dir)
     if truths is None:
         truths = np.zeros((len(pids), *grid.shape), dtype=bool)
     table_xai = evaluate_explanations(
-        stacks, truths, brain, randomisation=randomisation or None,
-        seed_agreement=agreement or None, threshold=ecfg["threshold"],
+        stacks,
+        truths,
+        brain,
+        randomisation=randomisation or None,
+        seed_agreement=agreement or None,
+        threshold=ecfg["threshold"],
     )
     if truth_dir is None:
         table_xai[["mass_accuracy", "mask_fraction", "roc_auc", "topk_precision"]] = np.nan
@@ -635,7 +702,9 @@ def run(
     write_text(out / "config.yaml", dump_config(cfg))
     write_json(out / "dataset_description.json", _dataset_description(cfg, seeds, cohort.source))
 
-    console.log(f"cohort: {len(cohort)} subjects from {cohort.source} ({int(cohort.has_age.sum())} with age)")
+    console.log(
+        f"cohort: {len(cohort)} subjects from {cohort.source} ({int(cohort.has_age.sum())} with age)"
+    )
     with timer("preprocess"):
         table, pre_failures = preprocess_stage(cohort, out, cfg, progress)
     failures = failures_frame(cohort.failures, "cohort")
@@ -646,7 +715,9 @@ def run(
     table["split"] = make_splits(
         table, cfg["split"]["test_fraction"], cfg["split"]["validation_fraction"], cfg["seed"]
     ).to_numpy()
-    cohort_cols = [c for c in ("participant_id", "age", "sex", "site", "split", "t1w", "preproc") if c in table]
+    cohort_cols = [
+        c for c in ("participant_id", "age", "sex", "site", "split", "t1w", "preproc") if c in table
+    ]
     write_tsv(out / "cohort.tsv", table[cohort_cols])
 
     with timer("load_volumes"):
@@ -655,11 +726,17 @@ def run(
         model_dirs = train_stage(x, table, out, cfg, progress)
     with timer("predict"):
         pred, metrics = predict_stage(x, table, model_dirs, out, cfg)
-    test = metrics[(metrics["split"] == "test") & metrics["model"].isin(["ensemble", "ensemble_corrected"])]
+    test = metrics[
+        (metrics["split"] == "test") & metrics["model"].isin(["ensemble", "ensemble_corrected"])
+    ]
     for _, r in test.iterrows():
         console.log(f"test {r['model']}: MAE {r['mae']:.2f} years, r = {r['r']:.2f} (n = {r['n']})")
     with timer("explain"):
-        maps = explain_stage(x, table, model_dirs, out, cfg, progress) if cfg["explain"]["methods"] else {}
+        maps = (
+            explain_stage(x, table, model_dirs, out, cfg, progress)
+            if cfg["explain"]["methods"]
+            else {}
+        )
     with timer("population"):
         population_stage(maps, out, cfg)
     with timer("evaluate"):
@@ -701,7 +778,17 @@ def _library_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("torch", "numpy", "nibabel", "nilearn", "antspyx", "deepbet", "zennit", "captum", "torchio"):
+    for name in (
+        "torch",
+        "numpy",
+        "nibabel",
+        "nilearn",
+        "antspyx",
+        "deepbet",
+        "zennit",
+        "captum",
+        "torchio",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -772,19 +859,26 @@ def predict(
     base = np.column_stack([predict_volumes(m, x) for m in models])
     ages = table["age"].to_numpy(float)
     brain_age = head.predict(base)
-    pred = prediction_table(table["participant_id"], ages, base, brain_age, bc, "predict", ens["names"])
+    pred = prediction_table(
+        table["participant_id"], ages, base, brain_age, bc, "predict", ens["names"]
+    )
     corrected = pred["brain_age_corrected"].to_numpy()
     write_tsv(out / "predictions.tsv", pred)
     if np.isfinite(ages).any():
         rows = [
             {"model": n, "split": "predict", **regression_metrics(ages, v)}
-            for n, v in [("ensemble", brain_age), ("ensemble_corrected", corrected),
-                         ("mean_age_baseline", np.full(len(ages), ens["train_mean_age"]))]
+            for n, v in [
+                ("ensemble", brain_age),
+                ("ensemble_corrected", corrected),
+                ("mean_age_baseline", np.full(len(ages), ens["train_mean_age"])),
+            ]
         ]
         write_tsv(out / "metrics.tsv", pd.DataFrame(rows))
     if explain_methods:
         table = table.assign(split="test")
-        cfg = dict(cfg, explain=dict(cfg["explain"], methods=list(explain_methods), subjects="test"))
+        cfg = dict(
+            cfg, explain=dict(cfg["explain"], methods=list(explain_methods), subjects="test")
+        )
         explain_stage(x, table, model_dirs, out, cfg, progress)
     return pred
 
@@ -815,8 +909,11 @@ def demo(
     bids = out / "sourcedata" / "phantoms"
     if not (bids / "participants.tsv").exists():
         simulate_cohort(
-            bids, n_subjects=n_subjects, resolution_mm=cfg["preprocess"]["resolution_mm"],
-            seed=seed, progress=progress,
+            bids,
+            n_subjects=n_subjects,
+            resolution_mm=cfg["preprocess"]["resolution_mm"],
+            seed=seed,
+            progress=progress,
         )
     _console().log(f"simulated {n_subjects} phantoms in {time.perf_counter() - t0:.1f} s")
     return run(read_bids(bids), out, cfg, progress=progress)
@@ -875,19 +972,24 @@ def explain_run(
     InputError
         ``run_dir`` is not a finished run.
     """
-    from brainage.explain import list_methods
     from brainage.errors import ConfigError, did_you_mean
+    from brainage.explain import list_methods
 
     out = Path(run_dir).expanduser().resolve()
     for needed in ("config.yaml", "cohort.tsv", "ensemble.json"):
         if not (out / needed).exists():
-            raise InputError(f"{needed} is missing: not a finished brainage run",
-                             "give the --out folder of a completed `brainage run`", path=out)
+            raise InputError(
+                f"{needed} is missing: not a finished brainage run",
+                "give the --out folder of a completed `brainage run`",
+                path=out,
+            )
     cfg = load_config(out / "config.yaml")
     if methods:
         for m in methods:
             if m not in list_methods():
-                raise ConfigError(f"unknown explanation method {m!r}; {did_you_mean(m, list_methods())}")
+                raise ConfigError(
+                    f"unknown explanation method {m!r}; {did_you_mean(m, list_methods())}"
+                )
         cfg["explain"]["methods"] = list(methods)
     if subjects:
         cfg["explain"]["subjects"] = subjects

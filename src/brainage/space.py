@@ -52,7 +52,9 @@ class Grid:
 
     def check(self, img: nib.Nifti1Image, name: str = "image") -> None:
         """Raise :class:`SpaceMismatchError` unless ``img`` lies on this grid."""
-        if tuple(img.shape[:3]) != self.shape or not np.allclose(img.affine, self.affine, atol=1e-3):
+        if tuple(img.shape[:3]) != self.shape or not np.allclose(
+            img.affine, self.affine, atol=1e-3
+        ):
             raise SpaceMismatchError(
                 f"{name} has shape {img.shape[:3]} and affine diagonal {np.diag(img.affine)[:3]}, "
                 f"expected {self.shape} and {np.diag(self.affine)[:3]} ({TEMPLATE_SPACE}, "

@@ -40,9 +40,9 @@ def build_augmentation(names: Sequence[str], p: float = 0.8):
         elif name == "affine":
             transforms[tio.RandomAffine(degrees=10, scales=0.05, translation=4)] = 1.0
         elif name == "elastic":
-            transforms[
-                tio.RandomElasticDeformation(num_control_points=7, max_displacement=7.5)
-            ] = 1.0
+            transforms[tio.RandomElasticDeformation(num_control_points=7, max_displacement=7.5)] = (
+                1.0
+            )
         else:
             raise ConfigError(f"unknown augmentation {name!r}; {did_you_mean(name, AUGMENTATIONS)}")
     return tio.OneOf(transforms, p=p)

@@ -64,7 +64,10 @@ def make_splits(
     InputError
         Fewer than 10 subjects with age.
     """
-    for name, value in (("test_fraction", test_fraction), ("validation_fraction", validation_fraction)):
+    for name, value in (
+        ("test_fraction", test_fraction),
+        ("validation_fraction", validation_fraction),
+    ):
         if not 0 <= value <= 0.5:
             raise ConfigError(f"'{name}' must be in [0, 0.5]; got {value}")
     rng = check_random_state(seed)

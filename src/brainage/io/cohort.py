@@ -214,7 +214,9 @@ def read_bids(path: str | Path, strict: bool = False) -> Cohort:
     try:
         parts = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
     except Exception as exc:
-        raise InputError(f"cannot read table ({exc})", "write a tab-separated file", path=tsv) from None
+        raise InputError(
+            f"cannot read table ({exc})", "write a tab-separated file", path=tsv
+        ) from None
     if "participant_id" not in parts.columns:
         raise InputError(
             f"no participant_id column (columns: {', '.join(parts.columns)})",
@@ -229,7 +231,9 @@ def read_bids(path: str | Path, strict: bool = False) -> Cohort:
     for sub_dir in sorted(root.glob("sub-*")):
         if not sub_dir.is_dir():
             continue
-        found = sorted(sub_dir.glob("anat/*_T1w.nii*")) + sorted(sub_dir.glob("ses-*/anat/*_T1w.nii*"))
+        found = sorted(sub_dir.glob("anat/*_T1w.nii*")) + sorted(
+            sub_dir.glob("ses-*/anat/*_T1w.nii*")
+        )
         if found:
             images[sub_dir.name] = str(found[0])
     known = set(parts["participant_id"])
@@ -285,7 +289,9 @@ def read_table(path: str | Path, strict: bool = False) -> Cohort:
     try:
         rows = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
     except Exception as exc:
-        raise InputError(f"cannot read table ({exc})", "write a CSV or TSV file", path=path) from None
+        raise InputError(
+            f"cannot read table ({exc})", "write a CSV or TSV file", path=path
+        ) from None
     rows.columns = [c.strip() for c in rows.columns]
     for required in ("participant_id", "age"):
         if required not in rows.columns:

@@ -77,7 +77,9 @@ class TrainConfig:
         if self.loss not in ("mse", "mae"):
             raise ConfigError(f"'train.loss' must be 'mse' or 'mae'; got {self.loss!r}")
         if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"'train.schedule' must be 'cosine' or 'constant'; got {self.schedule!r}")
+            raise ConfigError(
+                f"'train.schedule' must be 'cosine' or 'constant'; got {self.schedule!r}"
+            )
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"'train.{name}' must be ≥ 1; got {getattr(self, name)}")
@@ -146,9 +148,7 @@ def _augment_batch(x: torch.Tensor, transform) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_volumes(
-    model: nn.Module, volumes, batch_size: int = 16, device=None
-) -> np.ndarray:
+def predict_volumes(model: nn.Module, volumes, batch_size: int = 16, device=None) -> np.ndarray:
     """Predict age for volumes.
 
     Parameters
@@ -171,7 +171,9 @@ def predict_volumes(
         device = next(model.parameters()).device
     out = []
     for start in range(0, len(volumes), batch_size):
-        xb = torch.as_tensor(np.array(volumes[start : start + batch_size], dtype=np.float32)).to(device)
+        xb = torch.as_tensor(np.array(volumes[start : start + batch_size], dtype=np.float32)).to(
+            device
+        )
         out.append(model(xb).float().reshape(-1).cpu().numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
@@ -267,7 +269,11 @@ def train_model(
         generator.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         rows, best_mae, best_epoch, best_state, bad = (
-            ckpt["rows"], ckpt["best_mae"], ckpt["best_epoch"], ckpt["best_state"], ckpt["bad"]
+            ckpt["rows"],
+            ckpt["best_mae"],
+            ckpt["best_epoch"],
+            ckpt["best_state"],
+            ckpt["bad"],
         )
         start_epoch = ckpt["epoch"] + 1
 
@@ -283,7 +289,9 @@ def train_model(
         losses, abs_err, n_seen = 0.0, 0.0, 0
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
-            if len(idx) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            if len(idx) < 2 and any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+            ):
                 continue  # BatchNorm cannot train on a batch of one
             xb = _augment_batch(xt[idx], transform).to(device, non_blocking=True)
             zb = zt[idx].to(device)
@@ -345,7 +353,9 @@ def train_model(
         write_tsv(out_dir / "training_log.tsv", log)
         meta = {
             "model": config.model,
-            "model_params": {k: list(v) if isinstance(v, tuple) else v for k, v in model_params.items()},
+            "model_params": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in model_params.items()
+            },
             "resolution_mm": config.resolution_mm,
             "seed": seed,
             "train_mean_age": mean,
