@@ -28,12 +28,12 @@ DEFAULTS: dict[str, Any] = {
     "split": {"test_fraction": 0.1, "validation_fraction": 0.15},
     "train": {
         "model": "hofmann",
-        "model_params": {},
-        "resolution_mm": 3.0,
+        "model_params": {"dropout": 0.2},
+        "resolution_mm": 4.0,
         "epochs": 60,
-        "patience": 20,
+        "patience": 30,
         "batch_size": 8,
-        "lr": 1e-3,
+        "lr": 2e-3,
         "weight_decay": 1e-3,
         "schedule": "cosine",
         "loss": "mse",
@@ -42,13 +42,17 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",
         "amp": True,
     },
-    "ensemble": {"n_seeds": 3, "seeds": None, "ridge_alpha": 1.0, "ridge_positive": True},
+    "ensemble": {"n_seeds": 5, "seeds": None, "ridge_alpha": 1.0, "ridge_positive": True},
     "bias_correction": {"min_slope": 0.3, "n_bootstrap": 1000},
     "explain": {
         "methods": ["guided_backprop", "lrp"],
         "subjects": "test",
         "batch_size": 2,
-        "params": {},
+        # per-method parameters, e.g. {"occlusion": {"window": 6}}; "unoise_fit" configures the
+        # 3D U-Noise fit (paper 002 trains 50 epochs; this CPU-sized default trains 10 on 48 scans)
+        "params": {
+            "unoise_fit": {"n_subjects": 48, "pretrain_epochs": 2, "epochs": 8, "batch_size": 4, "lr": 1e-3}
+        },
     },
     "population": {
         "normalise": "zscore",
@@ -70,6 +74,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     },
     "split": {"test_fraction": 0.15, "validation_fraction": 0.15},
     "train": {"resolution_mm": 4.0, "epochs": 25, "patience": 10, "augment": ["flip"]},
+    "ensemble": {"n_seeds": 3},
     "bias_correction": {"n_bootstrap": 300},
 }
 
@@ -138,7 +143,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 
 def seeds_of(cfg: dict) -> list[int]:
-    """The base-model seeds: ``ensemble.seeds`` or ``seed + 0 … seed + n_seeds − 1``."""
+    """Return the base-model seeds: ``ensemble.seeds`` or ``seed + 0 … seed + n_seeds − 1``."""
     seeds = cfg["ensemble"]["seeds"]
     if seeds:
         return [int(s) for s in seeds]
@@ -146,5 +151,5 @@ def seeds_of(cfg: dict) -> list[int]:
 
 
 def dump_config(cfg: dict) -> str:
-    """The configuration as YAML text."""
+    """Return the configuration as YAML text."""
     return yaml.safe_dump(cfg, sort_keys=False)

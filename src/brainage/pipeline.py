@@ -223,7 +223,7 @@ def train_stage(
 def prediction_table(
     participant_ids, ages, base, brain_age, correction, split, names
 ) -> pd.DataFrame:
-    """The ``predictions.tsv`` table.
+    """Build the ``predictions.tsv`` table.
 
     Parameters
     ----------
@@ -484,7 +484,7 @@ def explain_stage(
 
 
 def population_stage(maps: dict[str, list[Path]], out_dir: Path, cfg: dict) -> dict:
-    """Population maps and atlas region tables per method (METHODS §9).
+    """Write population maps and atlas region tables per method (METHODS §9).
 
     Returns
     -------
@@ -605,9 +605,19 @@ def evaluate_stage(
             if method in ("unoise",):
                 continue  # needs a noise model refitted per randomised network
             params = dict(cfg["explain"]["params"].get(method, {}))
-            randomisation[method] = cascading_randomisation(
+            cache = out_dir / "evaluation" / "randomisation" / f"method-{method}.tsv"
+            key = stable_hash(loaded[0][1].get("hash"), method, params, pids[:n], cfg["seed"])
+            if cache.exists() and (cache.parent / f"method-{method}.hash").exists() and (
+                (cache.parent / f"method-{method}.hash").read_text() == key
+            ):
+                randomisation[method] = pd.read_csv(cache, sep="\t")["spearman"].iloc[-1]
+                continue
+            steps = cascading_randomisation(
                 loaded[0][0], vols, method, cfg["seed"], mask=brain, **params
             )
+            write_tsv(cache, steps)
+            write_text(cache.parent / f"method-{method}.hash", key)
+            randomisation[method] = steps
     truths = None
     if truth_dir is not None:
         found = [_load_truth(truth_dir, pid, "ageeffect", grid) for pid in pids]

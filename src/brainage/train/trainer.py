@@ -86,7 +86,7 @@ class TrainConfig:
 
     @classmethod
     def paper(cls) -> TrainConfig:
-        """The plain configuration of paper 001 (Hofmann et al. 2021)."""
+        """Return the plain configuration of paper 001 (Hofmann et al. 2021)."""
         return cls(
             model_params={"batch_norm": False},
             lr=5e-4,
