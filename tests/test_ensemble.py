@@ -71,3 +71,20 @@ def test_residualize_gap_removes_age_dependence():
 def test_regression_metrics_ignores_nan():
     m = regression_metrics([20, 30, np.nan, 50], [22, 27, 40, 50])
     assert m["n"] == 3 and m["mae"] == pytest.approx(5 / 3)
+
+
+def test_guarded_head_prefers_mean_for_exchangeable_models_and_ridge_for_one_good_model():
+    from brainage.ensemble import fit_ensemble_head
+
+    rng = np.random.default_rng(3)
+    age = rng.uniform(20, 80, 19)
+    # five exchangeable noisy models: averaging is the right answer
+    same = np.column_stack([age + rng.normal(0, 6, 19) for _ in range(5)])
+    head, info = fit_ensemble_head(same, age)
+    assert info["kind"] == "mean" and np.allclose(head.coef_, 0.2)
+    # one accurate model among useless ones: the ridge head must find it
+    age = rng.uniform(20, 80, 60)
+    mixed = np.column_stack([age + rng.normal(0, 1, 60)] + [rng.uniform(20, 80, 60) for _ in range(4)])
+    head, info = fit_ensemble_head(mixed, age)
+    assert info["kind"] == "ridge" and np.argmax(head.coef_) == 0
+    assert info["cv_mae_ridge"] < info["cv_mae_mean"]

@@ -134,3 +134,58 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert "sub-1" in proc.stderr and "appears more than once" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_explain_run_adds_a_method(tiny_run):
+    from brainage.explain import list_methods
+    from brainage.pipeline import explain_run
+
+    root, _, _, _ = tiny_run
+    out = root / "out"
+    maps = explain_run(out, ["gradcam"], progress=False, report=False)
+    assert set(maps) == {"gradcam"} and all(p.exists() for p in maps["gradcam"])
+    xai = pd.read_csv(out / "evaluation" / "xai.tsv", sep="\t")
+    assert "gradcam" in set(xai["method"])
+    # simulated cohort: ground-truth scores are filled in
+    assert np.isfinite(xai["roc_auc"]).all() and (xai["mask_fraction"] > 0).all()
+    assert "gradcam" in list_methods()
+    with pytest.raises(Exception, match="did you mean 'gradcam'"):
+        explain_run(out, ["gradcm"], progress=False, report=False)
+
+
+def test_killed_run_resumes_without_redoing_work(tmp_path):
+    """SIGKILL a real `brainage run` after its first base model, rerun, and check the result."""
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    from brainage.simulate import simulate_cohort
+
+    bids = simulate_cohort(tmp_path / "bids", n_subjects=30, resolution_mm=4.0, seed=3, progress=False)
+    cfg = merge(load_config(overrides=DEMO_OVERRIDES), TINY)
+    cfg["train"]["epochs"] = 6
+    cfg["explain"]["methods"] = ["guided_backprop"]
+    cfg["evaluate"]["randomisation"] = False
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    exe = shutil.which("brainage") or f"{sys.executable} -m brainage.cli"
+    cmd = [*exe.split(), "run", "--bids", str(bids), "--out", str(out), "--config", str(tmp_path / "c.yaml"), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "models" / "default" / "seed-0" / "model.json"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert first.exists(), "the run never finished its first base model"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "predictions.tsv").exists()
+    stamp = (out / "models" / "default" / "seed-0" / "model.pt").stat().st_mtime_ns
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "models" / "default" / "seed-0" / "model.pt").stat().st_mtime_ns == stamp
+    assert (out / "predictions.tsv").exists() and (out / "report.html").exists()
+    assert not [p for p in out.rglob(".*.tmp*")], "temporary files left behind"
+    log = pd.read_csv(out / "models" / "default" / "seed-1" / "training_log.tsv", sep="\t")
+    assert log["epoch"].tolist() == list(range(1, len(log) + 1))

@@ -92,7 +92,7 @@ def merge(base: dict, override: dict, path: str = "") -> dict:
     for key, value in (override or {}).items():
         where = f"{path}.{key}" if path else key
         if key not in out:
-            if path.endswith(("model_params", "params")):
+            if {"model_params", "params"} & set(path.split(".")):  # free-form sections
                 out[key] = value
                 continue
             raise ConfigError(f"unknown configuration key {where!r}; {did_you_mean(key, out)}")

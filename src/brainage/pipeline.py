@@ -26,6 +26,7 @@ from brainage.ensemble import (
     AgeBiasCorrection,
     RidgeHead,
     ensemble_uncertainty,
+    fit_ensemble_head,
     regression_metrics,
 )
 from brainage.errors import InputError
@@ -94,7 +95,9 @@ def _progress():
 
 
 def _bids_label(pid: str) -> str:
-    return pid if pid.startswith("sub-") else f"sub-{pid}"
+    from brainage.preprocess import bids_subject
+
+    return bids_subject(pid)
 
 
 # --------------------------------------------------------------------------- stages
@@ -121,7 +124,7 @@ def preprocess_stage(cohort: Cohort, out_dir: Path, cfg: dict, progress: bool = 
         backend=cfg["run"]["backend"],
         strict=cfg["run"]["strict"],
         progress=progress,
-        **({"dask_address": cfg["run"]["dask_address"]} if cfg["run"]["dask_address"] else {}),
+        dask_address=cfg["run"]["dask_address"],
     )
     table = cohort.table.merge(
         result.table, on="participant_id", how="inner", suffixes=("", "_pre")
@@ -286,11 +289,13 @@ def predict_stage(
     ages = table["age"].to_numpy(float)
     split = table["split"].to_numpy()
     val = split == "validation"
-    head = RidgeHead(cfg["ensemble"]["ridge_alpha"], cfg["ensemble"]["ridge_positive"]).fit(
-        base[val], ages[val]
+    head, head_info = fit_ensemble_head(
+        base[val], ages[val], cfg["ensemble"]["ridge_alpha"], cfg["ensemble"]["ridge_positive"],
+        seed=cfg["seed"],
     )
     ens = head.predict(base)
-    ens[val] = head.cross_val_predict(base[val], ages[val], seed=cfg["seed"])
+    if head_info["kind"] == "ridge":  # out-of-fold head predictions for validation subjects
+        ens[val] = head.cross_val_predict(base[val], ages[val], seed=cfg["seed"])
     bc = AgeBiasCorrection(
         cfg["bias_correction"]["min_slope"], cfg["bias_correction"]["n_bootstrap"], cfg["seed"]
     ).fit(ages[val], ens[val])
@@ -320,6 +325,7 @@ def predict_stage(
             "base_models": [str(Path(d).relative_to(out_dir)) for d in model_dirs],
             "names": names,
             "head": head.to_dict(),
+            "head_choice": head_info,
             "train_mean_age": train_mean,
             "resolution_mm": cfg["train"]["resolution_mm"],
         },
@@ -709,6 +715,7 @@ def run(
     timer = StageTimer()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     seeds = seeds_of(cfg)
+    remove_stale_temporaries(out)
     write_text(out / "config.yaml", dump_config(cfg))
     write_json(out / "dataset_description.json", _dataset_description(cfg, seeds, cohort.source))
 
@@ -776,6 +783,20 @@ def run(
     if report_path is not None:
         console.log(f"report: {report_path}")
     return RunResult(out, pred, metrics, dict(timer.seconds), report_path)
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Delete temporary files left by a killed run (``.<name>.<random>.tmp…``, see io.atomic).
+
+    Returns
+    -------
+    int
+        Number of files removed.
+    """
+    stale = [p for p in Path(out_dir).rglob(".*.tmp*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def _n_threads() -> int:

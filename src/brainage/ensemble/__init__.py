@@ -4,6 +4,7 @@ from brainage.ensemble.core import (
     AgeBiasCorrection,
     RidgeHead,
     ensemble_uncertainty,
+    fit_ensemble_head,
     regression_metrics,
     residualize_gap,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "AgeBiasCorrection",
     "RidgeHead",
     "ensemble_uncertainty",
+    "fit_ensemble_head",
     "regression_metrics",
     "residualize_gap",
 ]
