@@ -109,4 +109,4 @@ def test_config_unknown_key_did_you_mean(tmp_path):
         load_config(p)
     p.write_text("ensemble:\n  n_seeds: 4\ntrain:\n  model_params: {dense: 32}\n")
     cfg = load_config(p)
-    assert seeds_of(cfg) == [0, 1, 2, 3] and cfg["train"]["model_params"] == {"dense": 32}
+    assert seeds_of(cfg) == [0, 1, 2, 3] and cfg["train"]["model_params"]["dense"] == 32
