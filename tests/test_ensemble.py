@@ -84,7 +84,16 @@ def test_guarded_head_prefers_mean_for_exchangeable_models_and_ridge_for_one_goo
     assert info["kind"] == "mean" and np.allclose(head.coef_, 0.2)
     # one accurate model among useless ones: the ridge head must find it
     age = rng.uniform(20, 80, 60)
-    mixed = np.column_stack([age + rng.normal(0, 1, 60)] + [rng.uniform(20, 80, 60) for _ in range(4)])
+    mixed = np.column_stack(
+        [age + rng.normal(0, 1, 60)] + [rng.uniform(20, 80, 60) for _ in range(4)]
+    )
     head, info = fit_ensemble_head(mixed, age)
     assert info["kind"] == "ridge" and np.argmax(head.coef_) == 0
     assert info["cv_mae_ridge"] < info["cv_mae_mean"]
+
+
+def test_bias_correction_with_too_few_subjects_is_identity():
+    with pytest.warns(UserWarning, match="not fitted"):
+        bc = AgeBiasCorrection(n_bootstrap=10).fit([30.0, 40.0, 50.0], [35.0, 41.0, 47.0])
+    assert bc.recommended_ == "brain_age"
+    np.testing.assert_allclose(bc.transform([33.0, 60.0]), [33.0, 60.0])

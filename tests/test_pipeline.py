@@ -163,7 +163,9 @@ def test_killed_run_resumes_without_redoing_work(tmp_path):
 
     from brainage.simulate import simulate_cohort
 
-    bids = simulate_cohort(tmp_path / "bids", n_subjects=30, resolution_mm=4.0, seed=3, progress=False)
+    bids = simulate_cohort(
+        tmp_path / "bids", n_subjects=30, resolution_mm=4.0, seed=3, progress=False
+    )
     cfg = merge(load_config(overrides=DEMO_OVERRIDES), TINY)
     cfg["train"]["epochs"] = 6
     cfg["explain"]["methods"] = ["guided_backprop"]
@@ -171,7 +173,17 @@ def test_killed_run_resumes_without_redoing_work(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
     exe = shutil.which("brainage") or f"{sys.executable} -m brainage.cli"
-    cmd = [*exe.split(), "run", "--bids", str(bids), "--out", str(out), "--config", str(tmp_path / "c.yaml"), "--quiet"]
+    cmd = [
+        *exe.split(),
+        "run",
+        "--bids",
+        str(bids),
+        "--out",
+        str(out),
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / "models" / "default" / "seed-0" / "model.json"
     deadline = time.time() + 300
@@ -189,3 +201,13 @@ def test_killed_run_resumes_without_redoing_work(tmp_path):
     assert not [p for p in out.rglob(".*.tmp*")], "temporary files left behind"
     log = pd.read_csv(out / "models" / "default" / "seed-1" / "training_log.tsv", sep="\t")
     assert log["epoch"].tolist() == list(range(1, len(log) + 1))
+
+
+def test_predict_refuses_a_folder_that_is_not_a_run(tmp_path):
+    from brainage.errors import InputError
+    from brainage.io import read_bids
+    from conftest import make_bids
+
+    bids = make_bids(tmp_path / "bids", {"sub-01": "30", "sub-02": "40"})
+    with pytest.raises(InputError, match="config.yaml is missing: not a finished brainage run"):
+        predict(tmp_path / "nothing", read_bids(bids), tmp_path / "o", progress=False)

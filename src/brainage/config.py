@@ -51,7 +51,13 @@ DEFAULTS: dict[str, Any] = {
         # per-method parameters, e.g. {"occlusion": {"window": 6}}; "unoise_fit" configures the
         # 3D U-Noise fit (paper 002 trains 50 epochs; this CPU-sized default trains 10 on 48 scans)
         "params": {
-            "unoise_fit": {"n_subjects": 48, "pretrain_epochs": 2, "epochs": 8, "batch_size": 4, "lr": 1e-3}
+            "unoise_fit": {
+                "n_subjects": 48,
+                "pretrain_epochs": 2,
+                "epochs": 8,
+                "batch_size": 4,
+                "lr": 1e-3,
+            }
         },
     },
     "population": {

@@ -290,7 +290,10 @@ def predict_stage(
     split = table["split"].to_numpy()
     val = split == "validation"
     head, head_info = fit_ensemble_head(
-        base[val], ages[val], cfg["ensemble"]["ridge_alpha"], cfg["ensemble"]["ridge_positive"],
+        base[val],
+        ages[val],
+        cfg["ensemble"]["ridge_alpha"],
+        cfg["ensemble"]["ridge_positive"],
         seed=cfg["seed"],
     )
     ens = head.predict(base)
@@ -613,8 +616,10 @@ def evaluate_stage(
             params = dict(cfg["explain"]["params"].get(method, {}))
             cache = out_dir / "evaluation" / "randomisation" / f"method-{method}.tsv"
             key = stable_hash(loaded[0][1].get("hash"), method, params, pids[:n], cfg["seed"])
-            if cache.exists() and (cache.parent / f"method-{method}.hash").exists() and (
-                (cache.parent / f"method-{method}.hash").read_text() == key
+            if (
+                cache.exists()
+                and (cache.parent / f"method-{method}.hash").exists()
+                and ((cache.parent / f"method-{method}.hash").read_text() == key)
             ):
                 randomisation[method] = pd.read_csv(cache, sep="\t")["spearman"].iloc[-1]
                 continue
@@ -827,6 +832,19 @@ def _library_versions() -> dict:
     return out
 
 
+def _finished_run(run_dir, needed: tuple[str, ...]) -> Path:
+    """Return the resolved run folder, or raise InputError naming the first missing file."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    for name in needed:
+        if not (run_dir / name).exists():
+            raise InputError(
+                f"{name} is missing: not a finished brainage run",
+                "give the --out folder of a completed `brainage run`",
+                path=run_dir,
+            )
+    return run_dir
+
+
 def predict(
     model_dir: str | Path,
     cohort: Cohort,
@@ -862,15 +880,8 @@ def predict(
     InputError
         ``model_dir`` is not a finished brainage run.
     """
-    model_dir = Path(model_dir).expanduser().resolve()
+    model_dir = _finished_run(model_dir, ("config.yaml", "ensemble.json", "bias_correction.json"))
     out = Path(out_dir).expanduser().resolve()
-    for needed in ("config.yaml", "ensemble.json", "bias_correction.json"):
-        if not (model_dir / needed).exists():
-            raise InputError(
-                f"{needed} is missing: not a finished brainage run",
-                "give the --out folder of a completed `brainage run`",
-                path=model_dir,
-            )
     cfg = load_config(model_dir / "config.yaml")
     ens = json.loads((model_dir / "ensemble.json").read_text())
     head = RidgeHead.from_dict(ens["head"])
@@ -1006,14 +1017,7 @@ def explain_run(
     from brainage.errors import ConfigError, did_you_mean
     from brainage.explain import list_methods
 
-    out = Path(run_dir).expanduser().resolve()
-    for needed in ("config.yaml", "cohort.tsv", "ensemble.json"):
-        if not (out / needed).exists():
-            raise InputError(
-                f"{needed} is missing: not a finished brainage run",
-                "give the --out folder of a completed `brainage run`",
-                path=out,
-            )
+    out = _finished_run(run_dir, ("config.yaml", "cohort.tsv", "ensemble.json"))
     cfg = load_config(out / "config.yaml")
     if methods:
         for m in methods:

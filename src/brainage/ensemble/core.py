@@ -87,7 +87,7 @@ class RidgeHead:
 
     @classmethod
     def equal_weights(cls, n_models: int) -> RidgeHead:
-        """A head that averages the base models (weights 1/N, intercept 0)."""
+        """Return a head that averages the base models (weights 1/N, intercept 0)."""
         head = cls(alpha=0.0, positive=True)
         head.coef_ = np.full(n_models, 1.0 / n_models)
         head.intercept_ = 0.0
@@ -145,7 +145,11 @@ def fit_ensemble_head(
     mean = RidgeHead.equal_weights(p.shape[1])
     cv_mean = float(np.mean(np.abs(mean.predict(p) - ages)))
     use_ridge = p.shape[1] > 1 and cv_ridge < cv_mean
-    info = {"kind": "ridge" if use_ridge else "mean", "cv_mae_ridge": cv_ridge, "cv_mae_mean": cv_mean}
+    info = {
+        "kind": "ridge" if use_ridge else "mean",
+        "cv_mae_ridge": cv_ridge,
+        "cv_mae_mean": cv_mean,
+    }
     return (ridge if use_ridge else mean), info
 
 
@@ -224,18 +228,25 @@ class AgeBiasCorrection:
     def fit(self, ages, predictions) -> AgeBiasCorrection:
         """Fit on validation ages and predictions, both shape (n_val,), years.
 
-        Raises
-        ------
-        InputError
-            Fewer than 5 subjects, or no spread of ages.
+        With fewer than 5 subjects (or one age only) the correction is left at the identity,
+        with a warning, and ``recommended_`` is ``"brain_age"``.
         """
         age = np.asarray(ages, float)
         pred = np.asarray(predictions, float)
         if len(age) < 5 or np.ptp(age) == 0:
-            raise InputError(
-                f"age-bias correction needs ≥ 5 validation subjects with different ages; got {len(age)}",
-                "use a larger validation_fraction",
-            )
+            # too few subjects to fit a line: keep the identity and say so
+            self.n_validation_ = len(age)
+            self.slope_, self.intercept_ = 1.0, 0.0
+            self.slope_ci_ = (float("nan"), float("nan"))
+            self.val_mae_before_ = float(np.mean(np.abs(pred - age))) if len(age) else float("nan")
+            self.val_mae_after_cv_ = float("nan")
+            self.recommended_ = "brain_age"
+            self.warnings_ = [
+                f"not fitted: needs ≥ 5 validation subjects with different ages, got {len(age)} "
+                "(use a larger split.validation_fraction); brain_age_corrected = brain_age"
+            ]
+            warnings.warn("age-bias correction: " + self.warnings_[0], stacklevel=2)
+            return self
         self.n_validation_ = len(age)
         self.slope_, self.intercept_ = self._fit_line(age, pred)
         rng = check_random_state(self.seed)
