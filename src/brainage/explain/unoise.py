@@ -997,31 +997,9 @@ def _check_fit_params(**p) -> dict:
 
 def _as_batch(volumes, name: str) -> torch.Tensor:
     """Validate volumes (n, c, i, j, k) and return a float32 CPU tensor (no copy where possible)."""
-    if isinstance(volumes, np.ndarray):
-        if not np.issubdtype(volumes.dtype, np.number) or np.iscomplexobj(volumes):
-            raise InputError(f"'{name}' must be real-valued; got dtype {volumes.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(volumes))
-    elif isinstance(volumes, torch.Tensor):
-        t = volumes.detach()
-    else:
-        raise TypeError(
-            f"'{name}' must be a numpy array or torch tensor; got {type(volumes).__name__}"
-        )
-    if t.ndim != 5:
-        raise DimensionError(
-            f"'{name}' must have shape (n, c, i, j, k) (5D); got shape {tuple(t.shape)}",
-            fix="stack volumes as (subjects, channels, i, j, k); add axes with x[None, None]",
-        )
-    if min(t.shape) == 0:
-        raise DimensionError(f"'{name}' has an empty axis; got shape {tuple(t.shape)}")
-    if t.is_complex() or t.dtype == torch.bool:
-        raise InputError(f"'{name}' must be real-valued; got dtype {t.dtype}")
-    t = t.to("cpu", torch.float32)
-    if not bool(torch.isfinite(t).all()):
-        raise InputError(
-            f"'{name}' contains NaN or infinite values", fix="clean or mask them first"
-        )
-    return t
+    from brainage.explain._core import as_volume_batch
+
+    return as_volume_batch(volumes, name).detach().to("cpu", torch.float32)
 
 
 def _as_ages(ages, name: str, n: int) -> torch.Tensor:
