@@ -367,7 +367,7 @@ def _explained_rows(table: pd.DataFrame, which: str) -> np.ndarray:
     return np.flatnonzero(sel.to_numpy())
 
 
-def _fit_noise_models(x, table, model_dirs, models, cfg, progress):
+def _fit_noise_models(x, table, model_dirs, models, cfg):
     """Fit (or load) one 3D U-Noise model per base model, saved beside it (paper 002)."""
     from brainage.explain.unoise import fit_unoise
 
@@ -449,7 +449,7 @@ def explain_stage(
             if todo and method == "unoise":
                 for pm, noise in zip(
                     per_model_params,
-                    _fit_noise_models(x, table, model_dirs, models, cfg, progress),
+                    _fit_noise_models(x, table, model_dirs, models, cfg),
                     strict=True,
                 ):
                     pm["noise_model"] = noise

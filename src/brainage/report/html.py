@@ -23,6 +23,7 @@ from brainage.report.run_folder import (
     metrics_from_predictions,
     read_run_folder,
 )
+from brainage.stats.lesions import SUMMARY_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -746,17 +747,8 @@ def _brain_mask(res):
         return None
 
 
-_LESION_COLUMNS = (
-    "n_subjects",
-    "n_excluded",
-    "mean_lesion_relevance",
-    "mean_expected_relevance",
-    "mean_difference",
-    "t",
-    "df",
-    "p",
-    "d",
-)
+# numeric summary fields of the lesion test shown in the report (names owned by brainage.stats)
+_LESION_COLUMNS = tuple(f for f in SUMMARY_FIELDS if f not in ("min_lesion_voxels", "alternative"))
 
 
 def _lesion_section(run: RunFolder) -> dict:
