@@ -8,8 +8,10 @@ from sklearn.metrics import roc_auc_score
 
 from brainage.errors import ConfigError, DimensionError, InputError
 from brainage.evaluate import (
+    effect_roc_auc,
     mask_fraction,
     mass_accuracy,
+    population_scores,
     roc_auc,
     score_maps,
     topk_precision,
@@ -184,3 +186,83 @@ def test_score_maps_validation(brain, truth):
         score_maps(np.zeros((2, 2, *SHAPE)), truth, brain)
     with pytest.raises(InputError, match="participant_ids"):
         score_maps(maps, truth, brain, participant_ids=["a"])
+
+
+# --------------------------------------------------------------------------- single effects
+
+
+def _two_effects(truth):
+    """Split the truth box into two effects: a = first half along i, b = the rest."""
+    a = truth.copy()
+    a[11:] = False
+    return a, truth & ~a
+
+
+def test_effect_auc_leaves_out_the_other_effects(brain, truth):
+    a, b = _two_effects(truth)
+    r = np.where(a, 1.0, 0.0) + np.where(b, 100.0, 0.0)  # b outranks a, but b is not scored
+    assert effect_roc_auc(r, a, truth, brain) == pytest.approx(1.0)
+    # effect b finds its voxels too; all truth scored together also gives 1
+    assert effect_roc_auc(r, b, truth, brain) == pytest.approx(1.0)
+    # a map on effect b only: effect a is at chance against the non-truth voxels
+    assert effect_roc_auc(np.where(b, 1.0, 0.0), a, truth, brain) == pytest.approx(0.5)
+
+
+def test_effect_auc_equals_roc_auc_for_the_whole_truth(brain, truth):
+    r = np.random.default_rng(3).normal(size=SHAPE)
+    assert effect_roc_auc(r, truth & brain, truth, brain) == pytest.approx(roc_auc(r, truth, brain))
+
+
+def test_effect_auc_oracle(brain, truth):
+    a, _ = _two_effects(truth)
+    r = np.random.default_rng(4).normal(size=SHAPE)
+    keep = brain & (a | ~truth)
+    expected = roc_auc_score(a[keep], np.abs(r[keep]))
+    assert effect_roc_auc(r, a, truth, brain) == pytest.approx(expected)
+
+
+def test_effect_auc_errors_and_empty_effect(brain, truth):
+    outside = np.zeros(SHAPE, bool)
+    outside[2:4, 12:14, 10:12] = True  # brain voxels that are not truth voxels
+    assert (outside & brain).any() and not (outside & truth).any()
+    with pytest.raises(InputError, match="outside 'truth'"):
+        effect_roc_auc(np.ones(SHAPE), outside, truth, brain)
+    assert np.isnan(effect_roc_auc(np.ones(SHAPE), np.zeros(SHAPE, bool), truth, brain))
+    with pytest.raises(DimensionError):
+        effect_roc_auc(np.ones(SHAPE), np.zeros((3, 3, 3), bool), truth, brain)
+
+
+# --------------------------------------------------------------------------- population map
+
+
+def test_population_scores_known_answer(brain, truth):
+    inside = truth & brain
+    # truth in 2 of 3 subjects at the box, in 1 of 3 at another voxel set
+    extra = np.zeros(SHAPE, bool)
+    extra[4:7, 12:15, 9:12] = True
+    extra &= brain
+    truths = np.stack([truth, truth, extra | truth & False])
+    maps = np.stack([inside * 1.0, inside * 5.0, inside * 0.1]).astype(float)
+    out = population_scores(maps, truths, brain, min_share=0.5)
+    assert out["population_mask_fraction"] == pytest.approx(inside.sum() / brain.sum())
+    assert out["population_roc_auc"] == pytest.approx(1.0)
+    assert out["population_mass_accuracy"] == pytest.approx(1.0)
+    # min_share 1/3 adds the voxels true in one subject only
+    low = population_scores(maps, truths, brain, min_share=0.3)
+    assert low["population_mask_fraction"] == pytest.approx((inside | extra).sum() / brain.sum())
+
+
+def test_population_scores_scale_invariant_and_chance(brain, truth):
+    rng = np.random.default_rng(5)
+    maps = rng.normal(size=(4, *SHAPE))
+    scaled = maps * np.array([1.0, 10.0, 0.01, 3.0])[:, None, None, None]
+    a = population_scores(maps, truth, brain)
+    b = population_scores(scaled, truth, brain)
+    assert a == pytest.approx(b)
+    flat = population_scores(np.ones((3, *SHAPE)), truth, brain)
+    assert flat["population_mass_accuracy"] == pytest.approx(flat["population_mask_fraction"])
+    assert flat["population_roc_auc"] == pytest.approx(0.5)
+    with pytest.raises(ConfigError):
+        population_scores(maps, truth, brain, min_share=0)
+    with pytest.raises(DimensionError):
+        population_scores(maps, np.stack([truth] * 3), brain)

@@ -74,3 +74,19 @@ def test_write_xai_table(cohort, tmp_path):
     assert list(back.columns) == list(XAI_COLUMNS)
     assert back["roc_auc"].to_numpy() == pytest.approx(table["roc_auc"].to_numpy(), rel=1e-5)
     assert not list((tmp_path / "evaluation").glob(".*tmp*"))  # no temporary file left
+
+
+def test_effect_columns_and_population_scores(cohort):
+    maps, truths, brain = cohort
+    first = truths.copy()
+    first[:, 3:] = False  # effect "a": the first slab of each subject's truth
+    table = evaluate_explanations(maps, truths, brain, effects={"a": first, "b": truths & ~first})
+    assert list(table.columns) == [*XAI_COLUMNS, "roc_auc_a", "roc_auc_b"]
+    perfect = table.set_index("method").loc["perfect"]
+    assert perfect["roc_auc_a"] == 1.0 and perfect["roc_auc_b"] == 1.0
+    # the population truth is where at least half of the subjects have truth: the perfect
+    # (subject-specific) maps averaged still rank those voxels first
+    assert perfect["population_roc_auc"] > 0.9
+    assert 0 < perfect["population_mask_fraction"] < 1
+    random = table.set_index("method").loc["random"]
+    assert 0.2 < random["roc_auc_a"] < 0.8

@@ -148,6 +148,9 @@ def test_explain_run_adds_a_method(tiny_run):
     assert "gradcam" in set(xai["method"])
     # simulated cohort: ground-truth scores are filled in
     assert np.isfinite(xai["roc_auc"]).all() and (xai["mask_fraction"] > 0).all()
+    # every simulated effect with voxels in the explained subjects is scored on its own
+    assert {"roc_auc_ventricles", "roc_auc_cortex", "population_roc_auc"} <= set(xai.columns)
+    assert np.isfinite(xai[["roc_auc_ventricles", "roc_auc_cortex"]].to_numpy()).all()
     assert "gradcam" in list_methods()
     with pytest.raises(Exception, match="did you mean 'gradcam'"):
         explain_run(out, ["gradcm"], progress=False, report=False)
@@ -204,9 +207,10 @@ def test_killed_run_resumes_without_redoing_work(tmp_path):
 
 
 def test_predict_refuses_a_folder_that_is_not_a_run(tmp_path):
+    from conftest import make_bids
+
     from brainage.errors import InputError
     from brainage.io import read_bids
-    from conftest import make_bids
 
     bids = make_bids(tmp_path / "bids", {"sub-01": "30", "sub-02": "40"})
     with pytest.raises(InputError, match="config.yaml is missing: not a finished brainage run"):

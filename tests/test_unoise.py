@@ -159,8 +159,16 @@ def test_reproducible_for_a_seed():
 def test_known_answer_importance_concentrates_on_the_voxels_the_predictor_reads():
     x, y = _cohort(8)
     model = U.fit_unoise(
-        CubeMean(), x, y, pretrain_epochs=2, epochs=10, lr=1e-2, base_channels=8, levels=3,
-        lr_step=None, seed=0,
+        CubeMean(),
+        x,
+        y,
+        pretrain_epochs=2,
+        epochs=10,
+        lr=1e-2,
+        base_channels=8,
+        levels=3,
+        lr_step=None,
+        seed=0,
     )
     imp = U.unoise_importance(model, x)
     assert imp.shape == x.shape and imp.dtype == np.float32
@@ -177,7 +185,14 @@ def test_known_answer_importance_concentrates_on_the_voxels_the_predictor_reads(
 def test_validation_selects_best_epoch_and_target_prediction_needs_no_ages():
     x, y = _cohort(6)
     model = U.fit_unoise(
-        CubeMean(), x[:4], None, x[4:], None, pretrain_epochs=0, epochs=3, target="prediction",
+        CubeMean(),
+        x[:4],
+        None,
+        x[4:],
+        None,
+        pretrain_epochs=0,
+        epochs=3,
+        target="prediction",
         **TINY,
     )
     hist = [h for h in model.metadata["history"] if h["stage"] == "noise"]

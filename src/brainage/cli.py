@@ -179,7 +179,7 @@ def explain(
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write relevance maps of a finished run with the chosen methods, then maps, regions, report."""
+    """Write relevance maps of a finished run with chosen methods, then maps, regions, report."""
     from brainage.pipeline import explain_run
 
     explain_run(

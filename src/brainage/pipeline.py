@@ -348,12 +348,13 @@ def relevance_path(
     folder = out_dir / "explain" / f"method-{method}"
     if model is not None:
         folder = folder / model
-    name = f"{label}_space-{TEMPLATE_SPACE}_res-{resolution_mm:g}_desc-{method.replace('_', '')}_relevance.nii.gz"
+    desc = method.replace("_", "")
+    name = f"{label}_space-{TEMPLATE_SPACE}_res-{resolution_mm:g}_desc-{desc}_relevance.nii.gz"
     return folder / name
 
 
 def _explained_rows(table: pd.DataFrame, which: str) -> np.ndarray:
-    """Row indices of the subjects to explain: ``test``, ``heldout`` (validation + test) or ``all``."""
+    """Row indices of the subjects to explain: ``test``, ``heldout`` (val. + test), ``all``."""
     if which == "test":
         sel = table["split"] == "test"
     elif which == "heldout":
@@ -536,6 +537,10 @@ def population_stage(maps: dict[str, list[Path]], out_dir: Path, cfg: dict) -> d
     return out
 
 
+#: Masks of the single simulated effects (``derivatives/truth``) scored one at a time.
+TRUTH_EFFECTS = ("ventricles", "cortex", "lesions")
+
+
 def _load_truth(truth_dir: Path, pid: str, name: str, grid) -> np.ndarray | None:
     """One ground-truth mask of a simulated subject on ``grid`` (nearest neighbour), or None."""
     import nibabel as nib
@@ -574,6 +579,7 @@ def evaluate_stage(
     import torch
 
     from brainage.evaluate import (
+        METRICS,
         cascading_randomisation,
         evaluate_explanations,
         seed_agreement,
@@ -651,8 +657,14 @@ def evaluate_stage(
                 for m, stack in stacks.items()
             }
             write_lesion_table(results, out_dir)
+    effects = {}
     if truths is None:
         truths = np.zeros((len(pids), *grid.shape), dtype=bool)
+    else:
+        for name in TRUTH_EFFECTS:
+            found = [_load_truth(truth_dir, pid, name, grid) for pid in pids]
+            if all(m is not None for m in found):
+                effects[name] = np.stack(found) & truths
     table_xai = evaluate_explanations(
         stacks,
         truths,
@@ -660,9 +672,11 @@ def evaluate_stage(
         randomisation=randomisation or None,
         seed_agreement=agreement or None,
         threshold=ecfg["threshold"],
+        effects=effects,
     )
-    if truth_dir is None:
-        table_xai[["mass_accuracy", "mask_fraction", "roc_auc", "topk_precision"]] = np.nan
+    if truth_dir is None or truths.sum() == 0:
+        scores = [*METRICS, "population_mass_accuracy", "population_mask_fraction"]
+        table_xai[[*scores, "population_roc_auc"]] = np.nan
     write_xai_table(table_xai, out_dir)
     return table_xai
 
@@ -725,7 +739,8 @@ def run(
     write_json(out / "dataset_description.json", _dataset_description(cfg, seeds, cohort.source))
 
     console.log(
-        f"cohort: {len(cohort)} subjects from {cohort.source} ({int(cohort.has_age.sum())} with age)"
+        f"cohort: {len(cohort)} subjects from {cohort.source} "
+        f"({int(cohort.has_age.sum())} with age)"
     )
     with timer("preprocess"):
         table, pre_failures = preprocess_stage(cohort, out, cfg, progress)

@@ -48,7 +48,8 @@ def make_splits(
     table : pandas.DataFrame
         Cohort table with ``participant_id`` and ``age`` (years, NaN = unknown).
     test_fraction, validation_fraction : float
-        Fractions of the subjects with age (test) and of the remaining ones (validation), in [0, 0.5].
+        Fractions of the subjects with age (test) and of the remaining ones (validation), each
+        in [0, 0.5].
     seed : int
         Split seed; the same seed and table give the same split.
 

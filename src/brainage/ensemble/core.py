@@ -274,7 +274,8 @@ class AgeBiasCorrection:
         if self.slope_ci_[0] <= 0:
             unstable = True
             self.warnings_.append(
-                f"the 95 % interval of the slope ({self.slope_ci_[0]:.2f}, {self.slope_ci_[1]:.2f}) "
+                f"the 95 % interval of the slope "
+                f"({self.slope_ci_[0]:.2f}, {self.slope_ci_[1]:.2f}) "
                 "is not above 0"
             )
         if self.val_mae_after_cv_ > self.val_mae_before_ * 1.10:

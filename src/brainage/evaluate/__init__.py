@@ -1,7 +1,9 @@
 """Evaluating explanations: ground-truth scores, sanity checks and agreement (METHODS §7, §11).
 
 * Ground truth (simulated cohorts): :func:`mass_accuracy`, :func:`mask_fraction`,
-  :func:`roc_auc`, :func:`topk_precision`, :func:`score_maps` (one row per subject).
+  :func:`roc_auc`, :func:`topk_precision`, :func:`score_maps` (one row per subject),
+  :func:`effect_roc_auc` (one simulated effect at a time), :func:`population_scores` (the
+  cohort's mean map).
 * Model-randomisation sanity check (Adebayo et al. 2018): :func:`cascading_randomisation`,
   :func:`randomisation_summary`.
 * Agreement across seeds (paper 000): :func:`topk_dice`, :func:`seed_agreement`,
@@ -19,8 +21,11 @@ from brainage.evaluate.agreement import (
     voxel_agreement_map,
 )
 from brainage.evaluate.ground_truth import (
+    METRICS,
+    effect_roc_auc,
     mask_fraction,
     mass_accuracy,
+    population_scores,
     roc_auc,
     score_maps,
     topk_precision,
@@ -34,13 +39,16 @@ from brainage.evaluate.randomisation import (
 from brainage.evaluate.tables import XAI_COLUMNS, evaluate_explanations, write_xai_table
 
 __all__ = [
+    "METRICS",
     "PASS_THRESHOLD",
     "XAI_COLUMNS",
     "agreeing_voxels",
     "cascading_randomisation",
+    "effect_roc_auc",
     "evaluate_explanations",
     "mask_fraction",
     "mass_accuracy",
+    "population_scores",
     "randomisation_summary",
     "roc_auc",
     "score_maps",

@@ -14,9 +14,14 @@ Metrics per subject map (relevance ``r``, truth mask ``t``, brain mask ``b``):
   spreads relevance uniformly over the brain scores exactly this);
 * :func:`roc_auc` — ROC AUC of ``|r|`` as a voxel score for ``t`` (chance 0.5);
 * :func:`topk_precision` — share of the ``k`` voxels with the largest ``|r|`` that lie in ``t``
-  ("relevance rank accuracy", chance ``mask_fraction``).
+  ("relevance rank accuracy", chance ``mask_fraction``);
+* :func:`effect_roc_auc` — ROC AUC of ``|r|`` for the voxels of one effect ``e ⊂ t`` (e.g. the
+  ventricles) against the brain voxels outside ``t``: which of the simulated effects a method
+  finds.
 
-:func:`score_maps` computes all four for a stack of subjects and returns one row per subject.
+:func:`score_maps` computes the first four for a stack of subjects and returns one row per subject.
+:func:`population_scores` scores the cohort's mean map (METHODS §9: absolute value, sum-to-mean
+normalisation, average over subjects) against the voxels where age acts in most subjects.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from brainage.errors import ConfigError, DimensionError
+from brainage.errors import ConfigError, DimensionError, InputError
 from brainage.evaluate._checks import (
     as_map,
     as_mask,
@@ -158,6 +163,116 @@ def roc_auc(relevance, truth, brain) -> float:
     """
     r, t = _prepare(relevance, truth, brain)
     return _auc_from_scores(np.abs(r), t)
+
+
+def effect_roc_auc(relevance, effect, truth, brain) -> float:
+    """ROC AUC of ``|r|`` for one effect's voxels against the brain voxels where age does not act.
+
+    Positives are ``e ∩ b``, negatives ``b ∩ ¬t``; voxels of the other effects (``t ∩ ¬e``) are
+    left out, so the value says whether the method finds this effect whatever it does with the
+    others. With ``e = t`` it equals :func:`roc_auc`.
+
+    Parameters
+    ----------
+    relevance : ndarray, shape (i, j, k)
+        One subject's relevance map (the magnitude is scored).
+    effect : ndarray of bool, shape (i, j, k)
+        Voxels of one effect (e.g. ``ventricles`` of :mod:`brainage.simulate`).
+    truth : ndarray of bool, shape (i, j, k)
+        All voxels where age acts (``ageeffect``); must contain ``effect`` inside the brain.
+    brain : ndarray of bool, shape (i, j, k)
+        Brain mask.
+
+    Returns
+    -------
+    float
+        In [0, 1]; 0.5 = chance. NaN when the effect has no voxel in the brain (e.g. a subject
+        without lesions) or every brain voxel lies in ``truth``.
+
+    Raises
+    ------
+    DimensionError
+        Not 3D or shapes differ.
+    InputError
+        Non-finite relevance, non-binary masks, an empty brain mask, or effect voxels outside
+        ``truth``.
+    """
+    r, t = _prepare(relevance, truth, brain)
+    e = as_mask("effect", effect, 3)
+    b = as_mask("brain", brain, 3)
+    check_same_shape(brain=b, effect=e)
+    e = e[b]
+    if bool((e & ~t).any()):
+        raise InputError(
+            f"{int((e & ~t).sum())} voxels of 'effect' lie outside 'truth'",
+            fix="pass the union of all effects (the 'ageeffect' mask) as 'truth'",
+        )
+    keep = e | ~t
+    return _auc_from_scores(np.abs(r[keep]), e[keep])
+
+
+def population_scores(maps, truths, brain, min_share: float = 0.5) -> dict:
+    """Score the population relevance map of a cohort against where age acts in most subjects.
+
+    The population map is ``P = mean_s |r_s| / mean_{v ∈ b} |r_s(v)|`` (absolute value, each
+    subject scaled to mean 1 in the brain, then averaged: METHODS §9), and the population truth
+    is ``T = {v : share of subjects with v ∈ t_s ≥ min_share}``. Averaging removes what differs
+    between subjects (individual anatomy, noise), so these scores tell whether the *population*
+    map that a study reports lies where age acts.
+
+    Parameters
+    ----------
+    maps : ndarray, shape (n, i, j, k) or (n, 1, i, j, k)
+        Relevance maps of n subjects on one template grid.
+    truths : ndarray of bool, shape (n, i, j, k) or (i, j, k)
+        Ground-truth masks per subject, or one shared mask.
+    brain : ndarray of bool, shape (i, j, k)
+        Brain mask of the grid.
+    min_share : float
+        In (0, 1]: a voxel belongs to ``T`` when it is a truth voxel in at least this share of
+        the subjects.
+
+    Returns
+    -------
+    dict
+        ``population_mass_accuracy`` (share of ``P``'s mass in ``T``), ``population_mask_fraction``
+        (``|T ∩ b| / |b|``, its chance level) and ``population_roc_auc`` (ROC AUC of ``P`` for
+        ``T``); NaN where undefined.
+
+    Raises
+    ------
+    ConfigError
+        ``min_share`` outside (0, 1].
+    DimensionError, InputError
+        As for :func:`score_maps`.
+    """
+    if (
+        isinstance(min_share, bool)
+        or not isinstance(min_share, (int, float))
+        or not (0 < min_share <= 1)
+    ):
+        raise ConfigError(f"'min_share' must be a number in (0, 1]; got {min_share!r}")
+    r = as_subject_maps("maps", maps)
+    t = as_mask("truths", truths, (3, 4))
+    b = as_mask("brain", brain, 3)
+    check_same_shape(maps=r[0], brain=b)
+    if t.shape[-3:] != b.shape or (t.ndim == 4 and t.shape[0] != r.shape[0]):
+        raise DimensionError(
+            f"'truths' has shape {t.shape}; expected {b.shape} or {(r.shape[0], *b.shape)}"
+        )
+    brain_voxels(b)
+    a = np.abs(r[:, b]).astype(np.float64)
+    scale = a.mean(axis=1, keepdims=True)
+    a = np.divide(a, scale, out=np.zeros_like(a), where=scale > 0)
+    pop = a.mean(axis=0)
+    share = t[:, b].mean(axis=0) if t.ndim == 4 else t[b].astype(float)
+    tp = share >= min_share
+    total = pop.sum()
+    return {
+        "population_mass_accuracy": float(pop[tp].sum() / total) if total > 0 else float("nan"),
+        "population_mask_fraction": float(tp.mean()),
+        "population_roc_auc": _auc_from_scores(pop, tp),
+    }
 
 
 def _topk_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> float:

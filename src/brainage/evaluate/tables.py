@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from brainage.errors import ConfigError, InputError, did_you_mean
-from brainage.evaluate.ground_truth import METRICS, score_maps
+from brainage.evaluate._checks import as_mask
+from brainage.evaluate.ground_truth import METRICS, effect_roc_auc, population_scores, score_maps
 from brainage.evaluate.randomisation import PASS_THRESHOLD, randomisation_summary
 from brainage.io import write_tsv
 
@@ -20,6 +21,9 @@ XAI_COLUMNS = (
     "randomisation_spearman",
     "passes_randomisation",
     "seed_dice",
+    "population_mass_accuracy",
+    "population_mask_fraction",
+    "population_roc_auc",
 )
 
 
@@ -47,6 +51,7 @@ def evaluate_explanations(
     seed_agreement: dict | None = None,
     threshold: float = PASS_THRESHOLD,
     k: int | None = None,
+    effects: dict | None = None,
 ) -> pd.DataFrame:
     """Score several explanation methods against ground truth: one row per method.
 
@@ -69,14 +74,20 @@ def evaluate_explanations(
         correlation is below it).
     k : int or None
         Passed to :func:`~brainage.evaluate.topk_precision` (default |truth ∩ brain|).
+    effects : dict of str → ndarray of bool, shape (n, i, j, k) or (i, j, k), optional
+        Masks of the single effects whose union is ``truths`` (e.g. ``ventricles``, ``cortex``,
+        ``lesions``); each adds a column ``roc_auc_<name>``
+        (:func:`~brainage.evaluate.effect_roc_auc`, mean over the subjects that have the effect).
 
     Returns
     -------
     pandas.DataFrame
         Columns ``method``, ``n_subjects``, ``mass_accuracy``, ``mask_fraction``, ``roc_auc``,
         ``topk_precision`` (means over subjects, NaN-skipping), ``randomisation_spearman``,
-        ``passes_randomisation`` (bool, or None when not computed), ``seed_dice``; one row per
-        method in the order of ``maps``.
+        ``passes_randomisation`` (bool, or None when not computed), ``seed_dice``, then
+        ``population_mass_accuracy``, ``population_mask_fraction``, ``population_roc_auc``
+        (:func:`~brainage.evaluate.population_scores`) and one ``roc_auc_<name>`` per effect;
+        one row per method in the order of ``maps``.
 
     Raises
     ------
@@ -91,6 +102,9 @@ def evaluate_explanations(
             "'maps' must be a non-empty dict method name → relevance maps (n, i, j, k)"
         )
     methods = list(maps)
+    effects = dict(effects or {})
+    for name, masks in effects.items():
+        effects[name] = as_mask(f"effects[{name!r}]", masks, (3, 4))
     randomisation = _check_keys("randomisation", randomisation, methods)
     seed_agreement = _check_keys("seed_agreement", seed_agreement, methods)
     rows = []
@@ -114,8 +128,25 @@ def evaluate_explanations(
         row.update(summary)
         dice = seed_agreement.get(method)
         row["seed_dice"] = float("nan") if dice is None else float(dice)
+        row.update(population_scores(method_maps, truths, brain))
+        for name, masks in effects.items():
+            row[f"roc_auc_{name}"] = _mean_effect_auc(method_maps, masks, truths, brain)
         rows.append(row)
-    return pd.DataFrame(rows, columns=list(XAI_COLUMNS))
+    columns = [*XAI_COLUMNS, *(f"roc_auc_{name}" for name in effects)]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _mean_effect_auc(maps, effect, truths, brain) -> float:
+    """Mean of :func:`effect_roc_auc` over the subjects that have the effect (NaN if none)."""
+    maps = np.asarray(maps)
+    maps = maps[:, 0] if maps.ndim == 5 else maps
+    values = []
+    for s in range(maps.shape[0]):
+        e = effect[s] if effect.ndim == 4 else effect
+        t = truths[s] if np.ndim(truths) == 4 else truths
+        values.append(effect_roc_auc(maps[s], e, t, brain))
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def write_xai_table(table: pd.DataFrame, out_dir) -> Path:

@@ -60,7 +60,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def write_tsv(path: str | Path, frame) -> Path:
-    """Write a :class:`pandas.DataFrame` as a tab-separated file (``n/a`` for missing) atomically."""
+    """Write a :class:`pandas.DataFrame` atomically as a tab-separated file (``n/a`` = missing)."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
     return Path(path)

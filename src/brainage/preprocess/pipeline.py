@@ -192,7 +192,7 @@ def _params_hash(t1w_path, config: PreprocessConfig) -> str:
 
 
 def cached_result(participant_id: str, t1w_path, out_dir, config: PreprocessConfig) -> dict | None:
-    """Return the result row of a subject finished earlier with the same input and config, else None.
+    """Return the result row of a subject finished earlier (same input and config), else None.
 
     Reads only the JSON sidecar (the completion marker) and checks that the outputs exist, so a
     rerun skips finished subjects without starting a worker.

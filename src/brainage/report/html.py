@@ -45,6 +45,7 @@ XAI_TABLE_COLUMNS = (
     ("topk_precision", "top-k precision", 3, "gt"),
     ("randomisation_spearman", "Spearman after randomisation", 2, "check"),
     ("seed_dice", "seed agreement (Dice)", 2, "check"),
+    ("population_roc_auc", "population ROC AUC", 3, "gt"),
 )
 #: Significance level of the lesion reading (paper 003).
 LESION_ALPHA = 0.05
@@ -620,12 +621,23 @@ def _xai_section(run: RunFolder, sanity: dict) -> dict | None:
     return {"table": table, "figure": figure, "lesions": lesions}
 
 
+def _xai_columns(frame: pd.DataFrame) -> list[tuple]:
+    """:data:`XAI_TABLE_COLUMNS` plus one ``roc_auc_<effect>`` column per scored effect."""
+    effects = [
+        (c, f"ROC AUC {c.removeprefix('roc_auc_')}", 3, "gt")
+        for c in frame.columns
+        if c.startswith("roc_auc_") and frame[c].notna().any()
+    ]
+    return [*XAI_TABLE_COLUMNS, *effects]
+
+
 def _xai_table(run: RunFolder, sanity: dict) -> dict:
     frame = run.xai[run.xai["method"].notna()]
+    columns = _xai_columns(frame)
     records = frame.to_dict("records")
-    values = {key: [_number(rec.get(key)) for rec in records] for key, *_ in XAI_TABLE_COLUMNS}
+    values = {key: [_number(rec.get(key)) for rec in records] for key, *_ in columns}
     best = {}
-    for key, _, _, role in XAI_TABLE_COLUMNS:
+    for key, _, _, role in columns:
         finite = [v for v in values[key] if v is not None]
         if role == "gt" and len(finite) >= 2:
             best[key] = max(finite)
@@ -633,7 +645,7 @@ def _xai_table(run: RunFolder, sanity: dict) -> dict:
     for i, rec in enumerate(records):
         method = str(rec["method"])
         cells = []
-        for key, _, digits, role in XAI_TABLE_COLUMNS:
+        for key, _, digits, role in columns:
             v = values[key][i]
             cells.append(
                 {
@@ -654,9 +666,10 @@ def _xai_table(run: RunFolder, sanity: dict) -> dict:
                 "sanity": sanity.get(method),
             }
         )
-    gt_keys = [k for k, _, _, role in XAI_TABLE_COLUMNS if role in ("gt", "chance")]
+    gt_keys = [k for k, _, _, role in columns if role in ("gt", "chance")]
     return {
-        "columns": [{"key": k, "header": h, "role": role} for k, h, _, role in XAI_TABLE_COLUMNS],
+        "columns": [{"key": k, "header": h, "role": role} for k, h, _, role in columns],
+        "effects": [k.removeprefix("roc_auc_") for k, *_ in columns if k.startswith("roc_auc_")],
         "rows": rows,
         "has_truth": any(v is not None for k in gt_keys for v in values[k]),
         "has_dice": any(v is not None for v in values["seed_dice"]),
