@@ -181,3 +181,17 @@ def test_zennit_shim_leaves_no_fake_torchvision():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("composite", COMPOSITES[1:])
+def test_composite_variants_are_registered_methods(composite):
+    """``lrp_<composite>`` is :func:`lrp` with that composite, and rejects a ``composite`` key."""
+    from brainage.explain._core import check_method
+
+    model, x = hofmann(0), volume(0, n=2)
+    np.testing.assert_array_equal(
+        explain(model, x, f"lrp_{composite}"), explain(model, x, "lrp", composite=composite)
+    )
+    check_method(f"lrp_{composite}", {"epsilon": 1e-6})
+    with pytest.raises(ConfigError, match="no parameter 'composite'"):
+        check_method(f"lrp_{composite}", {"composite": "alpha1_beta0"})

@@ -125,7 +125,7 @@ def small_hofmann(seed: int) -> HofmannCNN:
 def test_integrated_gradients_completeness(baseline):
     model = small_hofmann(0)
     x = volume(1, SHAPE, n=2)
-    from brainage.explain.integrated_gradients import make_baseline
+    from brainage.explain._core import make_baseline
 
     with torch.no_grad():
         delta = (model(x) - model(make_baseline(baseline, x)))[:, 0].numpy()
@@ -292,7 +292,10 @@ def occlusion_reference(model, x, window, stride, baseline=0.0):
         for a, b, c in itertools.product(*starts):
             box = (slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
             xo = x.clone()
-            xo[(0, slice(None), *box)] = baseline
+            if isinstance(baseline, np.ndarray):
+                xo[(0, slice(None), *box)] = torch.as_tensor(baseline)[(slice(None), *box)]
+            else:
+                xo[(0, slice(None), *box)] = baseline
             total[box] += f0 - model(xo)[0, 0].item()
             count[box] += 1
     return total / count
@@ -325,6 +328,21 @@ def test_occlusion_of_linear_model_is_windowed_weight_times_input():
     np.testing.assert_allclose(got[0, 0], occlusion_reference(lin, x, (3, 2, 3), (3, 2, 3)))
 
 
+def test_occlusion_with_a_reference_volume_matches_slow_loop():
+    """A reference volume (e.g. the mean training image) replaces each box by its own voxels."""
+    grid = (7, 8, 9)
+    torch.manual_seed(4)
+    model = HofmannCNN(input_shape=grid, filters=(2, 2, 2, 2, 2), dense=4).double().eval()
+    x = volume(14, grid)
+    reference = volume(15, grid)[0].numpy()
+    got = explain(model, x, "occlusion", window=(3, 2, 3), stride=(2, 2, 2), baseline=reference)
+    expected = occlusion_reference(model, x, (3, 2, 3), (2, 2, 2), baseline=reference)
+    np.testing.assert_allclose(got[0, 0], expected, rtol=1e-6, atol=1e-10)
+    # occluding with the volume itself changes nothing
+    same = explain(model, x, "occlusion", window=3, baseline=x[0].numpy())
+    np.testing.assert_allclose(same, 0.0, atol=1e-10)
+
+
 def test_occlusion_parameter_errors():
     lin = linear_model(GRID, seed=0)
     x = volume(0)
@@ -336,3 +354,7 @@ def test_occlusion_parameter_errors():
         explain(lin, x, "occlusion", window=(2, 2))
     with pytest.raises(ConfigError, match="window"):
         explain(lin, x, "occlusion", window=0)
+    with pytest.raises(ConfigError, match="finite"):
+        explain(lin, x, "occlusion", window=2, baseline=float("nan"))
+    with pytest.raises(ConfigError, match="training_mean"):
+        explain(lin, x, "occlusion", window=2, baseline="training_mean")

@@ -215,3 +215,21 @@ def test_predict_refuses_a_folder_that_is_not_a_run(tmp_path):
     bids = make_bids(tmp_path / "bids", {"sub-01": "30", "sub-02": "40"})
     with pytest.raises(InputError, match="config.yaml is missing: not a finished brainage run"):
         predict(tmp_path / "nothing", read_bids(bids), tmp_path / "o", progress=False)
+
+
+def test_training_mean_baseline_is_resolved_from_the_training_split():
+    from brainage.errors import InputError
+    from brainage.pipeline import method_params
+
+    rng = np.random.default_rng(0)
+    x = rng.random((70, 1, 3, 4, 5)).astype(np.float32)
+    split = np.array(["train", "validation", "test", "train", "train"] * 14)
+    table = pd.DataFrame({"participant_id": [f"sub-{i}" for i in range(70)], "split": split})
+    params = {"baseline": "training_mean", "n_steps": 8}
+    out = method_params(params, x, table)
+    np.testing.assert_allclose(out["baseline"], x[split == "train"].mean(axis=0), rtol=1e-6)
+    assert out["baseline"].shape == (1, 3, 4, 5) and out["n_steps"] == 8
+    assert params["baseline"] == "training_mean"  # the configuration is not modified
+    assert method_params({"baseline": 0.0}, x, table) == {"baseline": 0.0}
+    with pytest.raises(InputError, match="training subjects"):
+        method_params(params, x, table.assign(split="test"))

@@ -394,6 +394,38 @@ def _fit_noise_models(x, table, model_dirs, models, cfg):
     return noise
 
 
+#: Configuration value of an explanation method's ``baseline`` that stands for the mean of the
+#: training volumes (a reference brain on the model's grid), resolved by :func:`method_params`.
+TRAINING_MEAN = "training_mean"
+
+
+def method_params(params: dict, x: np.ndarray, table: pd.DataFrame) -> dict:
+    """Resolve an explanation method's configured parameters for this run.
+
+    Returns a copy in which ``baseline: training_mean`` is replaced by the mean training volume,
+    shape (c, i, j, k), on the model's grid (a reference brain for Integrated Gradients and
+    occlusion).
+
+    Raises
+    ------
+    InputError
+        ``training_mean`` is asked for but the run has no training subjects.
+    """
+    params = dict(params)
+    if isinstance(params.get("baseline"), str) and params["baseline"] == TRAINING_MEAN:
+        rows = np.flatnonzero(table["split"].to_numpy() == "train")
+        if rows.size == 0:
+            raise InputError(
+                "explanation baseline 'training_mean' needs training subjects; this run has none",
+                fix="use another baseline (e.g. 'zeros') in the explain parameters",
+            )
+        total = np.zeros(x.shape[1:], dtype=np.float64)
+        for start in range(0, rows.size, 32):  # bounded memory on a memory-mapped stack
+            total += np.asarray(x[rows[start : start + 32]], dtype=np.float64).sum(axis=0)
+        params["baseline"] = (total / rows.size).astype(np.float32)
+    return params
+
+
 def explain_stage(
     x: np.ndarray,
     table: pd.DataFrame,
@@ -432,7 +464,8 @@ def explain_stage(
     try:
         for method in ecfg["methods"]:
             params = dict(ecfg["params"].get(method, {}))
-            per_model_params = [dict(params) for _ in models]
+            resolved = method_params(params, x, table)
+            per_model_params = [dict(resolved) for _ in models]
             key = stable_hash(
                 [meta.get("hash") for _, meta in loaded],
                 method,
@@ -630,7 +663,12 @@ def evaluate_stage(
                 randomisation[method] = pd.read_csv(cache, sep="\t")["spearman"].iloc[-1]
                 continue
             steps = cascading_randomisation(
-                loaded[0][0], vols, method, cfg["seed"], mask=brain, **params
+                loaded[0][0],
+                vols,
+                method,
+                cfg["seed"],
+                mask=brain,
+                **method_params(params, x, table),
             )
             write_tsv(cache, steps)
             write_text(cache.parent / f"method-{method}.hash", key)

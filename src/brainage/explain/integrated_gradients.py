@@ -2,62 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-from brainage.errors import ConfigError, InputError
-from brainage.explain._core import column_forward, positive_int, register_method
+from brainage.errors import ConfigError
+from brainage.explain._core import column_forward, make_baseline, positive_int, register_method
 
 _RULES = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
-
-
-def make_baseline(baseline, x: torch.Tensor) -> torch.Tensor:
-    """Baseline volumes for ``x``: ``"zeros"``, ``"mean"``, a number, or one volume for all.
-
-    Parameters
-    ----------
-    baseline : {"zeros", "mean"}, float, ndarray or Tensor
-        ``"zeros"``: all-zero volumes. ``"mean"``: for each volume and channel, a constant volume
-        at that volume's mean intensity. A number: a constant volume. An array of shape
-        (c, i, j, k) or (1, c, i, j, k) (e.g. a template or the cohort's mean image on the same
-        grid): the same baseline for every volume.
-    x : Tensor, shape (n, c, i, j, k)
-
-    Returns
-    -------
-    Tensor, shape (n, c, i, j, k)
-
-    Raises
-    ------
-    ConfigError
-        Unknown name, or an array of the wrong shape.
-    """
-    if isinstance(baseline, str):
-        if baseline == "zeros":
-            return torch.zeros_like(x)
-        if baseline == "mean":
-            return x.mean(dim=(2, 3, 4), keepdim=True).expand_as(x).clone()
-        raise ConfigError(
-            f"'baseline' must be 'zeros', 'mean', a number or a volume; got {baseline!r}"
-        )
-    if isinstance(baseline, (int, float, np.number)) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
-    if isinstance(baseline, (np.ndarray, torch.Tensor)):
-        b = torch.as_tensor(baseline).to(device=x.device, dtype=x.dtype)
-        if b.ndim == 4:
-            b = b[None]
-        if b.ndim != 5 or b.shape[0] != 1 or tuple(b.shape[1:]) != tuple(x.shape[1:]):
-            raise ConfigError(
-                f"'baseline' volume must have shape {tuple(x.shape[1:])} or "
-                f"{(1, *x.shape[1:])} (channels, i, j, k); got {tuple(baseline.shape)}"
-            )
-        if not bool(torch.isfinite(b).all()):
-            raise InputError("'baseline' contains NaN or infinite values")
-        return b.expand_as(x).clone()
-    raise ConfigError(
-        f"'baseline' must be 'zeros', 'mean', a number or a volume; got {type(baseline).__name__}"
-    )
 
 
 @register_method("integrated_gradients")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -11,7 +12,12 @@ from brainage.errors import ConfigError, did_you_mean
 from brainage.explain._core import as_column, output_bias, register_method
 
 #: Composite names accepted by :func:`lrp` (zennit rule sets for 3D regression CNNs).
-COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "alpha1_beta0")
+COMPOSITES = (
+    "epsilon_plus_flat",
+    "epsilon_gamma_box",
+    "alpha1_beta0",
+    "epsilon_alpha2_beta1_flat",
+)
 
 
 def _box(value, x: torch.Tensor, reduce) -> torch.Tensor:
@@ -36,14 +42,17 @@ def make_composite(
 
     Parameters
     ----------
-    name : {"epsilon_plus_flat", "epsilon_gamma_box", "alpha1_beta0"}
+    name : {"epsilon_plus_flat", "epsilon_gamma_box", "alpha1_beta0", "epsilon_alpha2_beta1_flat"}
         ``epsilon_plus_flat``: Flat rule for the first layer, z⁺ (= α1β0) for the other
-        convolutions, ε for dense layers (zennit ``EpsilonPlusFlat``). ``epsilon_gamma_box``: Z^B
-        (box) rule for the first convolution, γ rule for the other convolutions, ε for dense
-        layers (zennit ``EpsilonGammaBox``). ``alpha1_beta0``: α1β0 for every convolution
-        including the first, ε for dense layers (iNNvestigate's "sequential preset A", as in
-        paper 001). All: ``Pass`` for activations and BatchNorm, ``Norm`` for average pooling
-        and for the residual ``Sum``; max pooling routes relevance to the maximum (its gradient).
+        convolutions, ε for dense layers (zennit ``EpsilonPlusFlat``).
+        ``epsilon_alpha2_beta1_flat``: the same with α2β1 instead of z⁺, so that inhibitory
+        (negative) contributions get negative relevance (zennit ``EpsilonAlpha2Beta1Flat``).
+        ``epsilon_gamma_box``: Z^B (box) rule for the first convolution, γ rule for the other
+        convolutions, ε for dense layers (zennit ``EpsilonGammaBox``).
+        ``alpha1_beta0``: α1β0 for every convolution including the first, ε for dense layers
+        (iNNvestigate's "sequential preset A", as in paper 001).
+        All: ``Pass`` for activations and BatchNorm, ``Norm`` for average pooling and for the
+        residual ``Sum``; max pooling routes relevance to the maximum (its gradient).
     x : Tensor, shape (n, c, i, j, k)
         The input batch (sets the default Z^B box bounds).
     canonizers : "auto", None or sequence of zennit canonizers
@@ -92,6 +101,10 @@ def make_composite(
     zero_params = ["bias"] if zero_bias else None
     if name == "epsilon_plus_flat":
         return zc.EpsilonPlusFlat(
+            epsilon=epsilon, stabilizer=stabilizer, zero_params=zero_params, canonizers=canon
+        )
+    if name == "epsilon_alpha2_beta1_flat":
+        return zc.EpsilonAlpha2Beta1Flat(
             epsilon=epsilon, stabilizer=stabilizer, zero_params=zero_params, canonizers=canon
         )
     if name == "epsilon_gamma_box":
@@ -166,7 +179,8 @@ def lrp(
         Regressor with output shape (n, 1), years (HofmannCNN, ResNet3D, …).
     x : Tensor, shape (n, c, i, j, k)
         Input volumes (model input space, e.g. MNI 2009a crop box).
-    composite : {"epsilon_plus_flat", "epsilon_gamma_box", "alpha1_beta0"}
+    composite : {"epsilon_plus_flat", "epsilon_gamma_box", "alpha1_beta0", \
+"epsilon_alpha2_beta1_flat"}
         Rule set (see :func:`make_composite`).
     canonizers : "auto", None or list of zennit canonizers
         ``"auto"``: BatchNorm merging + ``BasicBlock3D`` canonizer. None: no canonization (then
@@ -202,3 +216,28 @@ def lrp(
         start = out.detach() - bias
         (relevance,) = torch.autograd.grad(out, x, grad_outputs=start)
     return relevance
+
+
+def _register_composite(composite: str) -> None:
+    """Register ``lrp_<composite>``: :func:`lrp` with that composite, under its own name.
+
+    So that one run can compare composites side by side (one row each in ``xai.tsv``); the
+    parameters are those of :func:`lrp` without ``composite``.
+    """
+
+    def variant(model: nn.Module, x: torch.Tensor, **params):
+        return lrp.raw(model, x, composite=composite, **params)
+
+    sig = inspect.signature(lrp.raw)
+    variant.__signature__ = sig.replace(
+        parameters=[p for n, p in sig.parameters.items() if n != "composite"]
+    )
+    variant.__name__ = f"lrp_{composite}"
+    variant.__doc__ = (
+        f"LRP with the ``{composite}`` composite: :func:`lrp` with ``composite={composite!r}``."
+    )
+    register_method(f"lrp_{composite}")(variant)
+
+
+for _name in COMPOSITES[1:]:
+    _register_composite(_name)

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from brainage.errors import ConfigError
-from brainage.explain._core import column_forward, positive_int, register_method, voxel_triple
+from brainage.explain._core import (
+    column_forward,
+    make_baseline,
+    positive_int,
+    register_method,
+    voxel_triple,
+)
 
 
 @register_method("occlusion")
@@ -16,7 +22,7 @@ def occlusion(
     x: torch.Tensor,
     window=8,
     stride=None,
-    baseline: float = 0.0,
+    baseline=0.0,
     perturbations_per_eval: int = 8,
 ):
     """Occlusion: the drop of the predicted age when a box of voxels is set to a baseline.
@@ -24,9 +30,9 @@ def occlusion(
     captum ``Occlusion``: a box of ``window`` voxels (all channels) slides over the grid with
     step ``stride``, starting at voxel 0 on each axis; where the last step would leave the grid
     the box is cut at the border, so every voxel is covered. For each box position w,
-    ``Δ_w = f(x) − f(x with the voxels of w set to baseline)``, and each voxel gets the mean of
-    ``Δ_w`` over the boxes that contain it. With ``stride == window`` (non-overlapping boxes),
-    every voxel of a box gets that box's Δ.
+    ``Δ_w = f(x) − f(x with the voxels of w replaced by the baseline's)``, and each voxel gets the
+    mean of ``Δ_w`` over the boxes that contain it. With ``stride == window`` (non-overlapping
+    boxes), every voxel of a box gets that box's Δ.
 
     **Sign convention.** Signed, years: positive where hiding the region lowers the predicted
     age (its content makes the brain look older), negative where hiding it raises the
@@ -43,8 +49,12 @@ def occlusion(
         Box size in voxels along (i, j, k); at most the grid size.
     stride : int, (int, int, int) or None
         Step in voxels (≤ window); None: ``window`` (non-overlapping boxes).
-    baseline : float
-        Intensity written into the box (0 = background after skull stripping).
+    baseline : float, {"zeros", "mean"}, ndarray or Tensor
+        What replaces the box: a constant intensity (0 = background after skull stripping), or
+        any baseline of :func:`~brainage.explain._core.make_baseline`, e.g. a
+        reference volume of shape (c, i, j, k) such as the mean training image (``brainage run``:
+        ``baseline: training_mean``), so that a box is replaced by what an average brain has
+        there instead of by a black hole.
     perturbations_per_eval : int
         Occluded copies per forward pass (bounds memory).
 
@@ -64,19 +74,19 @@ def occlusion(
         raise ConfigError(
             f"'stride' {stride} must not exceed 'window' {window} (voxels would be skipped)"
         )
-    if (
-        isinstance(baseline, bool)
-        or not isinstance(baseline, (int, float, np.number))
-        or not np.isfinite(baseline)
-    ):
-        raise ConfigError(f"'baseline' must be a finite number; got {baseline!r}")
+    if isinstance(baseline, (int, float, np.number)) and not isinstance(baseline, bool):
+        if not np.isfinite(baseline):
+            raise ConfigError(f"'baseline' must be finite; got {baseline!r}")
+        base = float(baseline)
+    else:
+        base = make_baseline(baseline, x)
     perturbations_per_eval = positive_int("perturbations_per_eval", perturbations_per_eval)
     c = x.shape[1]
     return Occlusion(column_forward(model)).attribute(
         x,
         sliding_window_shapes=(c, *window),
         strides=(c, *stride),
-        baselines=float(baseline),
+        baselines=base,
         target=0,
         perturbations_per_eval=perturbations_per_eval,
     )
