@@ -282,3 +282,27 @@ def test_input_validation():
         U.fit_unoise(f, x, y[:1])
     with pytest.raises(TypeError, match="UNoiseModel"):
         U.unoise_importance("model.pt", x)
+
+
+def test_calibrated_noise_scale_known_answer():
+    """CubeMean averages 64 voxels: noise of SD σ changes it by 50·σ/8 · √(2/π) ≈ 4.99 σ on
+    average, so with max_change 0.5 y the first passing halving of s_auto (≈ 0.289) is s_auto/4
+    (1.44 and 0.72 y fail, 0.36 y passes)."""
+    x, _ = _cohort(32, seed=3)
+    f = CubeMean()
+    s_auto = float(torch.from_numpy(x).flatten(2).std(dim=2, correction=0).mean())
+    s = U.calibrate_noise_scale(f, x, vmin=1.0, max_change=0.5, seed=0)
+    assert s == pytest.approx(s_auto / 4)
+    assert U.calibrate_noise_scale(f, x, vmin=1.0, max_change=5.0) == pytest.approx(s_auto)
+    assert U.calibrate_noise_scale(f, x, vmin=0.0) == pytest.approx(s_auto)
+    assert f.w.requires_grad and f.training  # left as it was
+
+
+def test_fit_records_the_calibrated_scale():
+    x, y = _cohort(4)
+    nm = U.fit_unoise(CubeMean(), x, y, pretrain_epochs=0, epochs=1, **TINY)
+    used = nm.metadata["noise_scale_used"]
+    assert nm.metadata["params"]["noise_scale"] == "calibrated"
+    assert used == pytest.approx(U.calibrate_noise_scale(CubeMean(), x, seed=0))
+    with pytest.raises(ConfigError, match="calibration_years"):
+        U.fit_unoise(CubeMean(), x, y, calibration_years=0)
