@@ -426,6 +426,13 @@ def method_params(params: dict, x: np.ndarray, table: pd.DataFrame) -> dict:
     return params
 
 
+def _unoise_version() -> int:
+    """Algorithm version of 3D U-Noise: a new version invalidates cached U-Noise maps."""
+    from brainage.explain.unoise import ALGORITHM_VERSION
+
+    return ALGORITHM_VERSION
+
+
 def explain_stage(
     x: np.ndarray,
     table: pd.DataFrame,
@@ -471,6 +478,7 @@ def explain_stage(
                 method,
                 params,
                 ecfg["params"].get("unoise_fit") if method == "unoise" else None,
+                _unoise_version() if method == "unoise" else None,
             )
             mdir = out_dir / "explain" / f"method-{method}"
             marker = mdir / "hash.txt"

@@ -81,7 +81,7 @@ __all__ = [
 ]
 
 #: Version of the U-Noise training algorithm; part of the cache hash (bump when results change).
-ALGORITHM_VERSION = 1
+ALGORITHM_VERSION = 2  # 2: calibrated noise scale by default
 
 _NORMS = ("instance", "batch", "none")
 _TARGETS = ("age", "prediction")

@@ -616,7 +616,7 @@ def methods_side_by_side_figure(
                 spine.set_visible(False)
             if r == 0:
                 ax.set_title(
-                    method.replace("_", " ")
+                    _wrapped(method.replace("_", " "), 14)
                     + ("\n✗ fails sanity check" if method in flagged else ""),
                     fontsize=9,
                     color="#b3261e" if method in flagged else "#1d2330",
@@ -723,3 +723,10 @@ def methods_side_by_side_figure(
             fontsize=7.5,
         )
     return fig
+
+
+def _wrapped(text: str, width: int) -> str:
+    """``text`` broken into lines of at most ``width`` characters (at spaces)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
