@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_pipeline.py                 # throughput + a fresh demo run (≈ 3–5 min, 2 cores)
+    python bench/bench_pipeline.py                 # throughput + a fresh demo run (3–5 min)
     python bench/bench_pipeline.py --run runs/ixi  # also print the stage times of an existing run
     python bench/bench_pipeline.py --no-demo       # throughput only
 """
@@ -64,7 +64,8 @@ def print_stages(run_dir: Path) -> None:
     prov = json.loads((run_dir / "provenance.json").read_text())
     total = sum(prov["stage_seconds"].values())
     print(
-        f"\nstage wall time of {run_dir} (device {prov.get('device')}, {prov.get('n_threads')} threads)"
+        f"\nstage wall time of {run_dir} "
+        f"(device {prov.get('device')}, {prov.get('n_threads')} threads)"
     )
     for stage, sec in prov["stage_seconds"].items():
         print(f"  {stage:<14} {sec:8.1f} s  {100 * sec / total:5.1f} %")
@@ -94,7 +95,8 @@ def main() -> None:
             t0 = time.perf_counter()
             demo(Path(tmp) / "demo", n_subjects=args.n_subjects, progress=False)
             print(
-                f"\ndemo with {args.n_subjects} subjects: {time.perf_counter() - t0:.1f} s end to end"
+                f"\ndemo with {args.n_subjects} subjects: "
+                f"{time.perf_counter() - t0:.1f} s end to end"
             )
             print_stages(Path(tmp) / "demo")
 

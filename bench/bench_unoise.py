@@ -47,17 +47,33 @@ def main() -> None:
     x, ages = synthetic_cohort(args.n)
     torch.manual_seed(0)
     predictor = HofmannCNN(input_shape=SHAPE, mean_age=float(ages.mean())).to(device).eval()
-    print(f"device={device} threads={args.threads} n={args.n} batch_size={args.batch_size} "
-          f"shape={SHAPE} amp={args.amp}")
+    print(
+        f"device={device} threads={args.threads} n={args.n} batch_size={args.batch_size} "
+        f"shape={SHAPE} amp={args.amp}"
+    )
 
     # warm-up (allocations, cuDNN autotuning) on one batch
-    fit_unoise(predictor, x[: args.batch_size], ages[: args.batch_size], pretrain_epochs=1,
-               epochs=1, batch_size=args.batch_size, amp=args.amp)
+    fit_unoise(
+        predictor,
+        x[: args.batch_size],
+        ages[: args.batch_size],
+        pretrain_epochs=1,
+        epochs=1,
+        batch_size=args.batch_size,
+        amp=args.amp,
+    )
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    model = fit_unoise(predictor, x, ages, pretrain_epochs=args.epochs, epochs=args.epochs,
-                       batch_size=args.batch_size, amp=args.amp)
+    model = fit_unoise(
+        predictor,
+        x,
+        ages,
+        pretrain_epochs=args.epochs,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        amp=args.amp,
+    )
     total = time.perf_counter() - t0
     sec = model.metadata["seconds"]
     pre, noise = sec["pretrain"] / args.epochs, sec["noise"] / args.epochs
