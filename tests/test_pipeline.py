@@ -233,3 +233,34 @@ def test_training_mean_baseline_is_resolved_from_the_training_split():
     assert method_params({"baseline": 0.0}, x, table) == {"baseline": 0.0}
     with pytest.raises(InputError, match="training subjects"):
         method_params(params, x, table.assign(split="test"))
+
+
+def test_integrated_gradients_uses_the_mean_training_image(tiny_run):
+    """Default IG baseline in a run is the mean training volume: completeness per base model,
+    Σ IG(x) = f(x) − f(mean training volume), checked on the saved per-seed maps."""
+    import torch
+
+    from brainage.pipeline import explain_run, load_volumes, relevance_path
+    from brainage.train import load_model
+
+    root, _, cfg, _ = tiny_run
+    out = root / "out"
+    assert cfg["explain"]["params"]["integrated_gradients"]["baseline"] == "training_mean"
+    explain_run(out, ["integrated_gradients"], progress=False, report=False)
+    table = pd.read_csv(out / "cohort.tsv", sep="\t")
+    x = np.asarray(load_volumes(table, out, cfg["train"]["resolution_mm"]))
+    reference = x[(table["split"] == "train").to_numpy()].mean(axis=0)
+    model, meta = load_model(sorted((out / "models").glob("*/seed-0"))[0])
+    rows = np.flatnonzero((table["split"] == "test").to_numpy())[:3]
+    for i in rows:
+        path = relevance_path(
+            out,
+            "integrated_gradients",
+            table["participant_id"].iloc[i],
+            cfg["train"]["resolution_mm"],
+            f"seed-{meta['seed']}",
+        )
+        total = float(np.asarray(nib.load(str(path)).dataobj, dtype=np.float64).sum())
+        with torch.no_grad():
+            f = model(torch.as_tensor(np.stack([x[i], reference]), dtype=torch.float32))[:, 0]
+        assert total == pytest.approx(float(f[0] - f[1]), rel=0.02, abs=0.02)

@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
         # per-method parameters, e.g. {"occlusion": {"window": 6}}; "unoise_fit" configures the
         # 3D U-Noise fit (paper 002 trains 50 epochs; this CPU-sized default trains 10 on 48 scans)
         "params": {
+            # the mean training image as the reference brain (not an all-black volume): on the
+            # 400-phantom cohort it raised the mass accuracy of Integrated Gradients 0.21 → 0.55
+            "integrated_gradients": {"baseline": "training_mean"},
             "unoise_fit": {
                 "n_subjects": 48,
                 "pretrain_epochs": 2,
