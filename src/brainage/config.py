@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
                 "epochs": 8,
                 "batch_size": 4,
                 "lr": 1e-3,
-            }
+            },
         },
     },
     "population": {
