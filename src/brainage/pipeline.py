@@ -471,8 +471,6 @@ def explain_stage(
     try:
         for method in ecfg["methods"]:
             params = dict(ecfg["params"].get(method, {}))
-            resolved = method_params(params, x, table)
-            per_model_params = [dict(resolved) for _ in models]
             key = stable_hash(
                 [meta.get("hash") for _, meta in loaded],
                 method,
@@ -488,6 +486,8 @@ def explain_stage(
                 relevance_path(out_dir, method, table["participant_id"].iloc[i], res) for i in idx
             ]
             todo = [(i, p) for i, p in zip(idx, paths, strict=True) if not p.exists()]
+            resolved = method_params(params, x, table) if todo else params
+            per_model_params = [dict(resolved) for _ in models]
             if todo and method == "unoise":
                 for pm, noise in zip(
                     per_model_params,
