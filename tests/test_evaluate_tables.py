@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage.errors import ConfigError
+from brainage.errors import ConfigError, DimensionError
 from brainage.evaluate import XAI_COLUMNS, evaluate_explanations, score_maps, write_xai_table
 
 SHAPE = (10, 12, 9)
@@ -90,3 +90,5 @@ def test_effect_columns_and_population_scores(cohort):
     assert 0 < perfect["population_mask_fraction"] < 1
     random = table.set_index("method").loc["random"]
     assert 0.2 < random["roc_auc_a"] < 0.8
+    with pytest.raises(DimensionError, match="subjects"):
+        evaluate_explanations(maps, truths, brain, effects={"a": first[:2]})

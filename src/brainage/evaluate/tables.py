@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainage.errors import ConfigError, InputError, did_you_mean
+from brainage.errors import ConfigError, DimensionError, InputError, did_you_mean
 from brainage.evaluate._checks import as_mask
 from brainage.evaluate.ground_truth import METRICS, effect_roc_auc, population_scores, score_maps
 from brainage.evaluate.randomisation import PASS_THRESHOLD, randomisation_summary
@@ -140,6 +140,11 @@ def _mean_effect_auc(maps, effect, truths, brain) -> float:
     """Mean of :func:`effect_roc_auc` over the subjects that have the effect (NaN if none)."""
     maps = np.asarray(maps)
     maps = maps[:, 0] if maps.ndim == 5 else maps
+    if effect.ndim == 4 and effect.shape[0] != maps.shape[0]:
+        raise DimensionError(
+            f"an effect mask stack has {effect.shape[0]} subjects but the maps have "
+            f"{maps.shape[0]}; give one mask per subject (n, i, j, k) or one shared (i, j, k)"
+        )
     values = []
     for s in range(maps.shape[0]):
         e = effect[s] if effect.ndim == 4 else effect
