@@ -681,36 +681,31 @@ def evaluate_stage(
             write_tsv(cache, steps)
             write_text(cache.parent / f"method-{method}.hash", key)
             randomisation[method] = steps
-    truths = None
+    masks = {}  # ground-truth mask stacks (n, i, j, k), each read once
     if truth_dir is not None:
-        found = [_load_truth(truth_dir, pid, "ageeffect", grid) for pid in pids]
-        if all(t is not None for t in found):
-            truths = np.stack(found)
-            for pid, t in zip(pids, truths, strict=True):
-                save_nifti(
-                    t.astype(np.uint8),
-                    grid.affine,
-                    out_dir
-                    / "evaluation"
-                    / "truth"
-                    / f"{_bids_label(pid)}_desc-ageeffect_mask.nii.gz",
-                    dtype=np.uint8,
-                )
-        lesions = [_load_truth(truth_dir, pid, "lesions", grid) for pid in pids]
-        if all(m is not None for m in lesions):
-            results = {
-                m: lesion_relevance_test(stack, np.stack(lesions), brain)
-                for m, stack in stacks.items()
-            }
-            write_lesion_table(results, out_dir)
-    effects = {}
-    if truths is None:
-        truths = np.zeros((len(pids), *grid.shape), dtype=bool)
-    else:
-        for name in TRUTH_EFFECTS:
+        for name in ("ageeffect", *TRUTH_EFFECTS):
             found = [_load_truth(truth_dir, pid, name, grid) for pid in pids]
             if all(m is not None for m in found):
-                effects[name] = np.stack(found) & truths
+                masks[name] = np.stack(found)
+    truths = masks.get("ageeffect")
+    has_truth = truths is not None
+    if has_truth:
+        for pid, t in zip(pids, truths, strict=True):
+            save_nifti(
+                t.astype(np.uint8),
+                grid.affine,
+                out_dir / "evaluation" / "truth" / f"{_bids_label(pid)}_desc-ageeffect_mask.nii.gz",
+                dtype=np.uint8,
+            )
+    if "lesions" in masks:
+        results = {
+            m: lesion_relevance_test(stack, masks["lesions"], brain) for m, stack in stacks.items()
+        }
+        write_lesion_table(results, out_dir)
+    if has_truth:
+        effects = {name: masks[name] & truths for name in TRUTH_EFFECTS if name in masks}
+    else:
+        effects, truths = {}, np.zeros((len(pids), *grid.shape), dtype=bool)
     table_xai = evaluate_explanations(
         stacks,
         truths,
@@ -720,7 +715,7 @@ def evaluate_stage(
         threshold=ecfg["threshold"],
         effects=effects,
     )
-    if truth_dir is None or truths.sum() == 0:
+    if not has_truth:
         scores = [*METRICS, "population_mass_accuracy", "population_mask_fraction"]
         table_xai[[*scores, "population_roc_auc"]] = np.nan
     write_xai_table(table_xai, out_dir)

@@ -801,6 +801,11 @@ def calibrate_noise_scale(
     -------
     float
         ``s`` in input intensity units.
+
+    Raises
+    ------
+    DimensionError, InputError
+        ``x`` is not a 5D batch of finite volumes.
     """
     xt = _as_batch(x, "x")
     if device is None:
@@ -811,32 +816,24 @@ def calibrate_noise_scale(
         return s_auto if s_auto > 0 else 1.0
     gen = torch.Generator().manual_seed(int(seed))
     eps = torch.randn(xt.shape, generator=gen)
+
+    def predict(volumes: torch.Tensor) -> torch.Tensor:
+        """Predictions (n,), years, in batches of 4 volumes."""
+        return torch.cat(
+            [
+                _column(predictor(volumes[i : i + 4].to(device, pdtype))).float().cpu()
+                for i in range(0, volumes.shape[0], 4)
+            ]
+        )
+
     was_training = predictor.training
     predictor.eval()
     try:
-        clean = torch.cat(
-            [
-                _column(predictor(xt[i : i + 4].to(device, pdtype))).float().cpu()
-                for i in range(0, xt.shape[0], 4)
-            ]
-        )
-        scale = s_auto
-        for _ in range(max_halvings + 1):
-            noisy = torch.cat(
-                [
-                    _column(
-                        predictor(
-                            (xt[i : i + 4] + vmin * scale * eps[i : i + 4]).to(device, pdtype)
-                        )
-                    )
-                    .float()
-                    .cpu()
-                    for i in range(0, xt.shape[0], 4)
-                ]
-            )
-            if float((noisy - clean).abs().mean()) <= max_change:
+        clean = predict(xt)
+        for k in range(max_halvings + 1):
+            scale = s_auto / 2**k
+            if float((predict(xt + vmin * scale * eps) - clean).abs().mean()) <= max_change:
                 break
-            scale /= 2
     finally:
         predictor.train(was_training)
     return float(scale)
