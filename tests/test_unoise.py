@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from brainage.errors import ConfigError, DimensionError
+from brainage.explain._core import seeded
 from brainage.models import HofmannCNN
 
 # the module (the package may also export a function named ``unoise``)
@@ -61,9 +64,9 @@ def _auc(score, label):
 
 @pytest.mark.parametrize("shape", [(7, 9, 11), (17, 20, 13), (16, 20, 12)])
 def test_unet_keeps_shape_and_crops_where_it_padded(shape):
-    torch.manual_seed(0)
-    net = U.UNet3D(in_channels=1, base_channels=4, levels=5).eval()
-    x = torch.randn(2, 1, *shape)
+    with seeded(0, torch.device("cpu")):  # no global random state is touched
+        net = U.UNet3D(in_channels=1, base_channels=4, levels=5).eval()
+    x = torch.randn(2, 1, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = net(x)
     assert out.shape == x.shape
@@ -91,8 +94,8 @@ def test_unet_paper_architecture():
 
 
 def test_noise_loss_implements_equations_1_and_2():
-    torch.manual_seed(1)
-    net = U.UNet3D(base_channels=2, levels=2)
+    with seeded(1, torch.device("cpu")):
+        net = U.UNet3D(base_channels=2, levels=2)
     seen = {}
 
     class Record(nn.Module):
@@ -100,7 +103,8 @@ def test_noise_loss_implements_equations_1_and_2():
             seen["x"] = x.detach().clone()
             return x.flatten(1).mean(1, keepdim=True) * 0 + 30.0
 
-    x = torch.rand(2, 1, *SHAPE, dtype=torch.float32) * 0.8
+    x = torch.rand(2, 1, *SHAPE, dtype=torch.float32, generator=torch.Generator().manual_seed(1))
+    x = x * 0.8
     y = torch.tensor([31.0, 27.0])
     params = {"vmin": 1.0, "vmax": 5.0, "r": 0.1, "noise_scale": "auto", "target": "age"}
     gen = torch.Generator().manual_seed(7)
@@ -121,8 +125,8 @@ def test_noise_loss_implements_equations_1_and_2():
 
 def test_predictor_untouched_and_restored_even_on_error():
     x, y = _cohort(4)
-    torch.manual_seed(0)
-    pred = HofmannCNN(input_shape=SHAPE, mean_age=40.0)
+    with seeded(0, torch.device("cpu")):
+        pred = HofmannCNN(input_shape=SHAPE, mean_age=40.0)
     pred.train()
     pred.regressor[-1].weight.requires_grad_(False)  # a mixed pattern of flags must survive
     before = {k: v.clone() for k, v in pred.state_dict().items()}
@@ -154,6 +158,44 @@ def test_reproducible_for_a_seed():
     np.testing.assert_array_equal(U.unoise_importance(a, x), U.unoise_importance(b, x))
     assert a.hash == b.hash != c.hash
     assert not np.allclose(U.unoise_importance(a, x), U.unoise_importance(c, x))
+
+
+def test_fit_leaves_global_random_state_untouched():
+    # every stage that draws random numbers: calibration, initialisation, shuffling, noise,
+    # validation noise
+    x, y = _cohort(6)
+    torch_state = torch.get_rng_state()
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    U.fit_unoise(CubeMean(), x[:4], y[:4], x[4:], y[4:], pretrain_epochs=1, epochs=1, **TINY)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    after = np.random.get_state()
+    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1])
+    assert after[2:] == np_state[2:]
+    assert random.getstate() == py_state
+    if cuda_states is not None:
+        for a, b in zip(torch.cuda.get_rng_state_all(), cuda_states, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_no_global_seeding_in_the_source():
+    package = Path(U.__file__).parent
+    forbidden = (
+        "torch.manual_seed",
+        "torch.cuda.manual_seed",
+        "np.random.seed",
+        "numpy.random.seed",
+        "random.seed(",
+        "set_rng_state",
+    )
+    for source in sorted(package.glob("*.py")):
+        text = source.read_text()
+        for call in forbidden:
+            assert call not in text, f"{source.name} calls {call}"
+        # checkpoints are only read with weights_only=True (no unpickling of arbitrary objects)
+        for call in text.split("torch.load(")[1:]:
+            assert "weights_only=True" in call.split(")")[0], f"{source.name}: torch.load"
 
 
 def test_known_answer_importance_concentrates_on_the_voxels_the_predictor_reads():
@@ -212,6 +254,8 @@ def test_save_reload_and_cache(tmp_path):
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["hash"] == a.hash and meta["params"]["vmin"] == 1.0
     loaded = U.load_unoise(path)
+    blob = torch.load(path, map_location="cpu", weights_only=True)  # nothing unpickled
+    assert set(blob) == {"state_dict", "metadata"} and blob["metadata"]["hash"] == a.hash
     np.testing.assert_array_equal(U.unoise_importance(loaded, x), U.unoise_importance(a, x))
     calls.clear()  # same inputs and parameters: loaded, not retrained
     b = U.fit_unoise(f, x, y, out_path=path, progress=lambda *args: calls.append(args), **kw)

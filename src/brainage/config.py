@@ -1,77 +1,306 @@
-"""The configuration of a run: one YAML file, every parameter of every stage.
+"""The configuration of a run: one typed schema, every parameter of every stage, one default each.
 
-A run's resolved configuration is written to ``OUT/config.yaml`` and into
-``dataset_description.json``; ``brainage run --config FILE`` reads a partial YAML whose keys
-override the defaults. Unknown keys are errors with a did-you-mean hint.
+:class:`Config` is composed of the stages' parameter sections (:class:`~brainage.schema.Section`
+subclasses: ``preprocess`` is :class:`brainage.preprocess.PreprocessConfig`, ``train`` is
+:class:`brainage.train.TrainConfig`, the others are defined here). It is validated whole when it
+is built — keys, types, ranges, model, method and atlas names, per-method parameters — so a typo
+fails in a second, before any work, with the key, the value, what is allowed and a did-you-mean.
+
+A run's resolved configuration is written to ``OUT/config.yaml``; ``brainage run --config FILE``
+reads a partial YAML whose keys override the defaults; ``brainage config --show`` prints the
+resolved values.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import Field, field_validator, model_validator
 
 from brainage.errors import ConfigError, did_you_mean
+from brainage.preprocess.config import PreprocessConfig
+from brainage.schema import Section
+from brainage.train.trainer import TrainConfig
 
-#: Default configuration. Sections: preprocess, split, train, ensemble, explain, population, run.
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "preprocess": {
-        "resolution_mm": 2.0,
-        "skull_strip": True,
-        "bias_correct": True,
-        "register": "affine",
-        "intensity": "minmax",
-    },
-    "split": {"test_fraction": 0.1, "validation_fraction": 0.15},
-    "train": {
-        "model": "hofmann",
-        "model_params": {"dropout": 0.2},
-        "resolution_mm": 4.0,
-        "epochs": 60,
-        "patience": 30,
-        "batch_size": 8,
-        "lr": 2e-3,
-        "weight_decay": 1e-3,
-        "schedule": "cosine",
-        "loss": "mse",
-        "standardize_targets": True,
-        "augment": ["flip", "affine"],
-        "device": "auto",
-        "amp": True,
-    },
-    "ensemble": {"n_seeds": 5, "seeds": None, "ridge_alpha": 1.0, "ridge_positive": True},
-    "bias_correction": {"min_slope": 0.3, "n_bootstrap": 1000},
-    "explain": {
-        "methods": ["guided_backprop", "lrp"],
-        "subjects": "test",
-        "batch_size": 2,
-        # per-method parameters, e.g. {"occlusion": {"window": 6}}; "unoise_fit" configures the
-        # 3D U-Noise fit (paper 002 trains 50 epochs; this CPU-sized default trains 10 on 48 scans)
-        "params": {
-            # the mean training image as the reference brain (not an all-black volume): on the
-            # 400-phantom cohort it raised the mass accuracy of Integrated Gradients 0.21 → 0.55
-            "integrated_gradients": {"baseline": "training_mean"},
-            "unoise_fit": {
-                "n_subjects": 48,
-                "pretrain_epochs": 2,
-                "epochs": 8,
-                "batch_size": 4,
-                "lr": 1e-3,
-            },
-        },
-    },
-    "population": {
-        "normalise": "zscore",
-        "top_fraction": 0.10,
-        "sigma_vox": 1.0,
-        "atlases": ["aal", "harvard_oxford"],
-    },
-    "evaluate": {"randomisation": True, "n_subjects": 4, "threshold": 0.5, "top_fraction": 0.01},
-    "run": {"n_jobs": 2, "backend": "processes", "dask_address": None, "strict": False},
-}
+Fraction = Annotated[float, Field(ge=0.0, le=0.5)]
+
+
+class SplitConfig(Section):
+    """How subjects are assigned to training, validation and test (METHODS §1).
+
+    Parameters
+    ----------
+    scheme : {"holdout"}
+        ``"holdout"``: one age-stratified, seeded test set and one validation set, drawn from the
+        cohort before any preprocessing (recorded in ``splits.tsv``).
+    test_fraction, validation_fraction : float
+        Fractions of the subjects with age (test) and of the remaining ones (validation), in
+        [0, 0.5].
+    """
+
+    section_path: ClassVar[str] = "split"
+    scheme: Literal["holdout"] = "holdout"
+    test_fraction: Fraction = 0.1
+    validation_fraction: Fraction = 0.15
+
+
+class EnsembleConfig(Section):
+    """Base models and the ridge head of the ensemble (paper 001).
+
+    Parameters
+    ----------
+    n_seeds : int
+        Base models, seeds ``seed … seed + n_seeds − 1`` (unless ``seeds`` is given).
+    seeds : list of int, optional
+        Explicit base-model seeds.
+    ridge_alpha : float
+        L2 penalty of the ridge head (> 0).
+    ridge_positive : bool
+        Non-negative ridge weights.
+    """
+
+    section_path: ClassVar[str] = "ensemble"
+    n_seeds: Annotated[int, Field(ge=1)] = 5
+    seeds: list[Annotated[int, Field(ge=0)]] | None = None
+    ridge_alpha: Annotated[float, Field(gt=0)] = 1.0
+    ridge_positive: bool = True
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, v):
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError("must be a non-empty list of distinct integers")
+        return v
+
+
+class BiasCorrectionConfig(Section):
+    """Age-bias correction (Smith et al. 2019; METHODS §6).
+
+    Parameters
+    ----------
+    min_slope : float
+        Below this fitted slope the correction is not recommended (it divides by the slope).
+    n_bootstrap : int
+        Bootstrap resamples of the slope's 95 % CI.
+    """
+
+    section_path: ClassVar[str] = "bias_correction"
+    min_slope: Annotated[float, Field(ge=0, le=1)] = 0.3
+    n_bootstrap: Annotated[int, Field(ge=10)] = 1000
+
+
+class UNoiseFitConfig(Section):
+    """How the 3D U-Noise noise models of a run are fitted (paper 002; see ``fit_unoise``).
+
+    The paper trains 50 epochs; these CPU-sized defaults train 8 (+ 2 pretraining) on 48 scans.
+    ``n_subjects`` training subjects are used (the first in cohort order).
+    """
+
+    section_path: ClassVar[str] = "explain.unoise_fit"
+    n_subjects: Annotated[int, Field(ge=2)] = 48
+    pretrain_epochs: Annotated[int, Field(ge=0)] = 2
+    epochs: Annotated[int, Field(ge=1)] = 8
+    batch_size: Annotated[int, Field(ge=1)] = 4
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    vmin: Annotated[float, Field(ge=0)] = 1.0
+    vmax: Annotated[float, Field(gt=0)] = 5.0
+    r: Annotated[float, Field(ge=0)] = 0.1
+    noise_scale: Literal["calibrated", "paper"] | Annotated[float, Field(gt=0)] = "calibrated"
+    calibration_years: Annotated[float, Field(gt=0)] = 1.0
+    target: Literal["age", "prediction"] = "age"
+    lr_step: Annotated[int, Field(ge=1)] | None = 10
+    lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    base_channels: Annotated[int, Field(ge=1)] = 16
+    levels: Annotated[int, Field(ge=1, le=8)] = 5
+    norm: Literal["instance", "batch", "none"] = "instance"
+    amp: bool = False
+
+    def fit_params(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`brainage.explain.unoise.fit_unoise` (no ``n_subjects``)."""
+        out = self.to_dict()
+        out.pop("n_subjects")
+        return out
+
+
+#: Value of an explanation method's ``baseline`` that stands for the mean training image
+#: (a reference brain on the model's grid, an output of the ``reference`` stage).
+TRAINING_MEAN = "training_mean"
+
+
+class ExplainConfig(Section):
+    """Explanation methods and their parameters (METHODS §8).
+
+    Parameters
+    ----------
+    methods : list of str
+        Registered methods (``brainage methods``).
+    subjects : {"test", "heldout", "all"}
+        Subjects explained: the test split, validation + test, or everyone.
+    batch_size : int
+        Volumes explained together.
+    params : dict of str to dict
+        Per-method keyword parameters, e.g. ``{"occlusion": {"window": 6}}``; a method's
+        ``baseline: training_mean`` is the mean training image.
+    unoise_fit : UNoiseFitConfig
+    """
+
+    section_path: ClassVar[str] = "explain"
+    methods: list[str] = Field(default_factory=lambda: ["guided_backprop", "lrp"])
+    subjects: Literal["test", "heldout", "all"] = "test"
+    batch_size: Annotated[int, Field(ge=1)] = 2
+    params: dict[str, dict[str, Any]] = Field(
+        # the mean training image as the reference brain (not an all-black volume): on the
+        # 400-phantom cohort it raised the mass accuracy of Integrated Gradients 0.21 → 0.55
+        default_factory=lambda: {"integrated_gradients": {"baseline": TRAINING_MEAN}}
+    )
+    unoise_fit: UNoiseFitConfig = Field(default_factory=UNoiseFitConfig)
+
+    @model_validator(mode="after")
+    def _check_methods(self) -> ExplainConfig:
+        from brainage.explain._core import METHODS, check_method
+
+        for m in self.methods:
+            if m not in METHODS:
+                raise ValueError(
+                    f"'explain.methods': unknown explanation method {m!r}; "
+                    f"{did_you_mean(m, METHODS)}"
+                )
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"'explain.methods' lists a method twice: {self.methods}")
+        for m, p in self.params.items():
+            if m not in METHODS:
+                raise ValueError(
+                    f"'explain.params' names an unknown method {m!r}; {did_you_mean(m, METHODS)}"
+                )
+            try:
+                check_method(m, {k: v for k, v in p.items()})
+            except ConfigError as err:
+                raise ValueError(f"'explain.params.{m}': {err}") from None
+        return self
+
+    def method_params(self, method: str) -> dict[str, Any]:
+        """The configured keyword parameters of ``method`` (a copy; may be empty)."""
+        return copy.deepcopy(self.params.get(method, {}))
+
+
+class PopulationConfig(Section):
+    """Population maps and atlas region tables (METHODS §9).
+
+    Parameters
+    ----------
+    normalise : {"zscore", "sum", "max", "none"}
+        Per-subject normalisation inside the brain mask before averaging.
+    top_fraction : float
+        Fraction of brain voxels in the top-relevance map and region tables, (0, 1].
+    sigma_vox : float
+        Gaussian smoothing of the mean map, voxels.
+    atlases : list of str
+        Registered atlases (``aal``, ``harvard_oxford``, …).
+    """
+
+    section_path: ClassVar[str] = "population"
+    normalise: str = "zscore"
+    top_fraction: Annotated[float, Field(gt=0, le=1)] = 0.10
+    sigma_vox: Annotated[float, Field(ge=0)] = 1.0
+    atlases: list[str] = Field(default_factory=lambda: ["aal", "harvard_oxford"])
+
+    @field_validator("normalise")
+    @classmethod
+    def _normalise(cls, v):
+        from brainage.population.maps import NORMALISATIONS
+
+        if v not in NORMALISATIONS:
+            raise ValueError(
+                f"must be one of {', '.join(NORMALISATIONS)} ({did_you_mean(v, NORMALISATIONS)})"
+            )
+        return v
+
+    @field_validator("atlases")
+    @classmethod
+    def _atlases(cls, v):
+        from brainage.atlas.registry import get_atlas_spec
+
+        out = []
+        for name in v:
+            try:
+                out.append(get_atlas_spec(name).name)
+            except ConfigError as err:
+                raise ValueError(f"'population.atlases': {err}") from None
+        return out
+
+
+class EvaluateConfig(Section):
+    """Checks of the explanation methods (METHODS §11).
+
+    Parameters
+    ----------
+    randomisation : bool
+        Cascading model-randomisation check (Adebayo et al. 2018).
+    n_subjects : int
+        Subjects used by the randomisation check.
+    threshold : float
+        Relevance threshold (fraction of the maximum) of the ground-truth scores.
+    top_fraction : float
+        Top voxels compared by the seed agreement (Dice).
+    """
+
+    section_path: ClassVar[str] = "evaluate"
+    randomisation: bool = True
+    n_subjects: Annotated[int, Field(ge=1)] = 4
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
+    top_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
+
+
+class RunConfig(Section):
+    """Execution: where items run. Not part of any cache key (results do not depend on it).
+
+    Parameters
+    ----------
+    n_jobs : int
+        Parallel workers for per-subject stages.
+    backend : {"processes", "serial", "dask"}
+    dask_address : str, optional
+        Scheduler of an existing Dask cluster (``tcp://host:8786``).
+    strict : bool
+        Stop at the first subject that fails.
+    """
+
+    section_path: ClassVar[str] = "run"
+    n_jobs: Annotated[int, Field(ge=1)] = 2
+    backend: Literal["processes", "serial", "dask"] = "processes"
+    dask_address: str | None = None
+    strict: bool = False
+
+
+class Config(Section):
+    """The whole configuration of a run (see the module docstring)."""
+
+    seed: Annotated[int, Field(ge=0)] = 0
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    bias_correction: BiasCorrectionConfig = Field(default_factory=BiasCorrectionConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    population: PopulationConfig = Field(default_factory=PopulationConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @property
+    def seeds(self) -> list[int]:
+        """Base-model seeds: ``ensemble.seeds`` or ``seed + 0 … seed + n_seeds − 1``."""
+        if self.ensemble.seeds:
+            return [int(s) for s in self.ensemble.seeds]
+        return [self.seed + i for i in range(self.ensemble.n_seeds)]
+
+    def merged(self, overrides: dict | None) -> Config:
+        """Return a validated copy with the nested ``overrides`` applied."""
+        return Config(**merge(self.to_dict(), overrides or {}))
+
 
 #: The configuration of ``brainage demo``: a 4 mm synthetic cohort already in template space.
 DEMO_OVERRIDES: dict[str, Any] = {
@@ -88,77 +317,114 @@ DEMO_OVERRIDES: dict[str, Any] = {
 }
 
 
-def merge(base: dict, override: dict, path: str = "") -> dict:
-    """Return ``base`` updated recursively with ``override``.
+def merge(base: dict, override: dict) -> dict:
+    """Return ``base`` updated recursively with ``override`` (a new dict; inputs unchanged).
+
+    Keys are not checked here: :class:`Config` rejects unknown ones with a did-you-mean.
+    """
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 floats: ``1e-3`` is a number (PyYAML's YAML 1.1 reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML configuration file (a mapping of sections).
 
     Raises
     ------
     ConfigError
-        A key of ``override`` that ``base`` does not have (free-form dicts such as
-        ``train.model_params`` and ``explain.params`` accept any key).
+        Unreadable file, invalid YAML, or not a mapping.
     """
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        where = f"{path}.{key}" if path else key
-        if key not in out:
-            if {"model_params", "params"} & set(path.split(".")):  # free-form sections
-                out[key] = value
-                continue
-            raise ConfigError(f"unknown configuration key {where!r}; {did_you_mean(key, out)}")
-        if isinstance(out[key], dict) and isinstance(value, dict):
-            out[key] = merge(out[key], value, where)
-        else:
-            out[key] = value
-    return out
+    try:
+        loaded = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"cannot read configuration {path}: {detail}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"configuration {path} must be a mapping of sections; got {type(loaded).__name__}"
+        )
+    return loaded
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """Resolve the configuration: defaults ← YAML file ← ``overrides``.
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict | None = None,
+    base: dict | None = None,
+) -> Config:
+    """Resolve and validate the configuration: defaults ← ``base`` ← YAML file ← ``overrides``.
 
     Parameters
     ----------
     path : str or Path, optional
-        A YAML file with a subset of :data:`DEFAULTS`.
+        A YAML file with a subset of the keys.
     overrides : dict, optional
         Applied last (e.g. from command-line options).
+    base : dict, optional
+        Applied first (e.g. :data:`DEMO_OVERRIDES`).
 
     Returns
     -------
-    dict
-        The full configuration.
+    Config
 
     Raises
     ------
     ConfigError
-        Unreadable YAML or unknown keys.
+        Unreadable YAML, unknown keys, wrong types or values, unknown names.
     """
-    cfg = copy.deepcopy(DEFAULTS)
+    values: dict = copy.deepcopy(base or {})
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read configuration {path}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"configuration {path} must be a mapping of sections; got {type(loaded).__name__}"
-            )
-        cfg = merge(cfg, loaded)
-    if overrides:
-        cfg = merge(cfg, overrides)
-    n = cfg["ensemble"]["n_seeds"]
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"'ensemble.n_seeds' must be an integer ≥ 1; got {n!r}")
-    return cfg
+            values = merge(values, read_yaml(path))
+        except ConfigError as err:
+            raise ConfigError(str(err)) from None
+    values = merge(values, overrides or {})
+    try:
+        return Config(**values)
+    except ConfigError as err:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"invalid configuration{where}: {err}") from None
 
 
-def seeds_of(cfg: dict) -> list[int]:
-    """Return the base-model seeds: ``ensemble.seeds`` or ``seed + 0 … seed + n_seeds − 1``."""
-    seeds = cfg["ensemble"]["seeds"]
-    if seeds:
-        return [int(s) for s in seeds]
-    return [int(cfg["seed"]) + i for i in range(cfg["ensemble"]["n_seeds"])]
+def dump_config(cfg: Config) -> str:
+    """Return the configuration as YAML text (every value, defaults included)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def dump_config(cfg: dict) -> str:
-    """Return the configuration as YAML text."""
-    return yaml.safe_dump(cfg, sort_keys=False)
+def seeds_of(cfg: Config) -> list[int]:
+    """Return the base-model seeds of a configuration (:attr:`Config.seeds`)."""
+    return cfg.seeds
+
+
+__all__ = [
+    "Config",
+    "DEMO_OVERRIDES",
+    "TRAINING_MEAN",
+    "dump_config",
+    "load_config",
+    "merge",
+    "read_yaml",
+    "seeds_of",
+]

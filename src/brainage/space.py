@@ -15,9 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from brainage.errors import ConfigError, SpaceMismatchError
-
-#: BIDS name of the template space.
-TEMPLATE_SPACE = "MNI152NLin2009aSym"
+from brainage.io.layout import TEMPLATE_SPACE  # noqa: F401  (BIDS name of the template space)
 
 #: Crop box in MNI mm (RAS): lower corner and size. It contains the template brain mask
 #: (x −72…72, y −107…73, z −72…82 mm) with a margin; at 2 mm it is 80 × 96 × 80 voxels.

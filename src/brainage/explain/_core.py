@@ -41,7 +41,7 @@ def list_methods() -> list[str]:
     return sorted(METHODS)
 
 
-def register_method(name: str):
+def register_method(name: str, version: str = "1"):
     """Register an explanation method under ``name`` (decorator).
 
     The decorated function ``func(model, x, **params) -> torch.Tensor`` receives ``x`` as a
@@ -54,6 +54,9 @@ def register_method(name: str):
     ----------
     name : str
         Registry key, e.g. ``"lrp"``.
+    version : str
+        Algorithm version; part of :func:`method_fingerprint`, so cached maps of an older
+        version are recomputed.
 
     Returns
     -------
@@ -81,11 +84,37 @@ def register_method(name: str):
             return out
 
         method.method_name = name
+        method.version = version
         method.raw = func
         METHODS[name] = method
         return method
 
     return deco
+
+
+def method_fingerprint(name: str) -> str:
+    """Identity of a method's code: its version and the SHA-256 of its module's source.
+
+    Part of the cache key of every relevance map, so that a change to a method's code (or to
+    this module's shared plumbing) recomputes its maps.
+
+    Raises
+    ------
+    ConfigError
+        Unknown method.
+    """
+    import hashlib
+    import sys
+
+    check_method(name)
+    fn = METHODS[name]
+    h = hashlib.sha256(str(getattr(fn, "version", "1")).encode())
+    for module in (sys.modules.get(fn.raw.__module__), sys.modules[__name__]):
+        path = getattr(module, "__file__", None)
+        if path:
+            with open(path, "rb") as fh:
+                h.update(fh.read())
+    return h.hexdigest()[:16]
 
 
 def method_parameters(name: str) -> dict[str, inspect.Parameter]:

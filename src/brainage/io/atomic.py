@@ -2,7 +2,8 @@
 
 Every output of brainage is written to a temporary file in the destination folder and moved into
 place with :func:`os.replace`, which is atomic on POSIX file systems. A run killed at any point
-therefore never leaves a half-written file under its final name.
+therefore never leaves a half-written file under its final name. Files get the permissions that
+the user's umask gives any new file (``0644`` under umask ``022``), so collaborators can read a run.
 """
 
 from __future__ import annotations
@@ -39,10 +40,30 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600; give the file the mode any other tool's output gets (umask)
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """Return the process's file-creation mask (e.g. ``0o022``) without changing it.
+
+    Read from ``/proc/self/status`` where available (thread-safe); elsewhere set and restored
+    with :func:`os.umask`.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> Path:

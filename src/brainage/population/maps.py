@@ -219,10 +219,6 @@ def top_fraction_map(
     return out
 
 
-def _res_label(resolution_mm: float) -> str:
-    return f"{float(resolution_mm):g}".replace(".", "p")
-
-
 def population_map_path(out_dir, method: str, resolution_mm: float, kind: str = "mean") -> Path:
     """Path of a population map in a run folder.
 
@@ -241,14 +237,13 @@ def population_map_path(out_dir, method: str, resolution_mm: float, kind: str = 
     Returns
     -------
     Path
-        ``OUT/population/method-<m>_space-MNI152NLin2009aSym_res-<r>_<entity>_relevance.nii.gz``.
+        ``OUT/population/method-<m>_space-MNI152NLin2009aSym_res-<r>_<entity>_relevance.nii.gz``
+        (:meth:`brainage.io.layout.RunLayout.population`; ``<m>`` is the method's BIDS label).
     """
-    entity = {"mean": "stat-mean", "top10": "desc-top10"}.get(kind)
-    if entity is None:
-        raise ConfigError(f"'kind' must be 'mean' or 'top10'; got {kind!r}")
+    from brainage.io.layout import RunLayout
+
     _check_label(method, "method")
-    name = f"method-{method}_space-{TEMPLATE_SPACE}_res-{_res_label(resolution_mm)}_{entity}"
-    return Path(out_dir) / "population" / f"{name}_relevance.nii.gz"
+    return RunLayout(Path(out_dir), resolution_mm).population(method, kind)
 
 
 def _check_label(value: str, name: str) -> None:

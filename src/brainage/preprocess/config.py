@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, ClassVar, Literal
 
-from brainage.errors import ConfigError, did_you_mean
+from pydantic import Field
+
+from brainage.schema import Section
 
 REGISTRATIONS = ("affine", "syn", "none")
 INTENSITIES = ("minmax", "zscore")
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(Section):
     """How T1w scans are brought to the model's input space.
 
     Parameters
@@ -45,53 +44,13 @@ class PreprocessConfig:
         the same seed and input give the same transform, bit for bit.
     """
 
-    resolution_mm: float = 2.0
+    section_path: ClassVar[str] = "preprocess"
+
+    resolution_mm: Annotated[float, Field(ge=0.5, le=16)] = 2.0
     skull_strip: bool = True
     bias_correct: bool = True
-    register: str = "affine"
-    intensity: str = "minmax"
-    n4_shrink_factor: int = 4
-    seed: int = 0
+    register: Literal["affine", "syn", "none"] = "affine"
+    intensity: Literal["minmax", "zscore"] = "minmax"
+    n4_shrink_factor: Annotated[int, Field(ge=1)] = 4
+    seed: Annotated[int, Field(ge=0)] = 0
 
-    def __post_init__(self) -> None:
-        r = self.resolution_mm
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.5 <= float(r) <= 16:
-            raise ConfigError(f"'resolution_mm' must be a number of mm in [0.5, 16]; got {r!r}")
-        object.__setattr__(self, "resolution_mm", float(r))
-        for name in ("skull_strip", "bias_correct"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ConfigError(f"'{name}' must be true or false; got {value!r}")
-        for name, choices in (("register", REGISTRATIONS), ("intensity", INTENSITIES)):
-            value = getattr(self, name)
-            if value not in choices:
-                raise ConfigError(
-                    f"'{name}' must be one of {', '.join(choices)}; got {value!r} "
-                    f"({did_you_mean(str(value), choices)})"
-                )
-        for name, low in (("n4_shrink_factor", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"'{name}' must be an integer >= {low}; got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the parameters as a plain dict (JSON/YAML-serialisable)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> PreprocessConfig:
-        """Build a config from a dict; missing keys take their defaults.
-
-        Raises
-        ------
-        ConfigError
-            Unknown keys (with a "did you mean" hint) or invalid values.
-        """
-        values = dict(values or {})
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in names:
-                raise ConfigError(
-                    f"unknown preprocessing option {key!r} ({did_you_mean(str(key), names)})"
-                )
-        return cls(**values)

@@ -17,18 +17,16 @@ Output layout (BIDS derivatives; ``<res>`` is the resolution in mm, e.g. ``2`` o
     OUT/preproc/qc.tsv
 
 (``.h5`` composite transforms instead of ``.mat`` for ``register="syn"``.) The sidecar holds the
-parameter hash (configuration + SHA-256 of the input file + :data:`PREPROC_VERSION`); it is
-written last, so its presence with the same hash marks a finished subject, which a rerun skips.
-Every file is written atomically: a killed run never leaves a half-written file, and a subject
-without a valid sidecar is simply redone.
+configuration, the SHA-256 of the input file and the registration quality. Every file is written
+atomically. These functions always compute; skipping finished subjects is the job of the stage
+engine (:mod:`brainage.workflow`), whose record of a subject is keyed by the input's bytes, the
+configuration and :data:`PREPROC_VERSION`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import re
 import shutil
 import tempfile
 import time
@@ -41,12 +39,13 @@ import pandas as pd
 
 from brainage.errors import ConfigError, InputError
 from brainage.io.atomic import atomic_path, write_json, write_tsv
+from brainage.io.layout import RunLayout, res_label, subject_label
 from brainage.io.nifti import load_volume, save_nifti
 from brainage.preprocess import steps
 from brainage.preprocess.config import PreprocessConfig
 from brainage.preprocess.qc import qc_figure, registration_quality
 from brainage.space import TEMPLATE_SPACE, Grid, resample_to_grid, template_array, template_grid
-from brainage.utils import StageTimer, file_hash, stable_hash
+from brainage.utils import StageTimer, file_hash
 
 #: Bump when the preprocessing algorithm changes: finished subjects are then redone.
 PREPROC_VERSION = "1"
@@ -61,7 +60,6 @@ ROW_COLUMNS = (
     "qc_png",
     "reg_quality",
     "seconds",
-    "cached",
 )
 
 
@@ -75,8 +73,7 @@ class PreprocessResult:
         One row per preprocessed subject, in cohort order; columns :data:`ROW_COLUMNS`:
         ``participant_id`` (as in the cohort), absolute paths ``preproc``, ``mask``, ``xfm``,
         ``inverse_xfm``, ``qc_png``, ``reg_quality`` (Pearson r with the template),
-        ``seconds`` (wall time of the subject's preprocessing when it was computed),
-        ``cached`` (True when reused from an earlier run).
+        ``seconds`` (wall time of the subject's preprocessing).
     failures : list of InputError
         One per subject that could not be preprocessed, naming the subject, the file, what is
         wrong and what to do.
@@ -86,54 +83,19 @@ class PreprocessResult:
     failures: list[InputError] = field(default_factory=list)
 
 
-def bids_subject(participant_id: str) -> str:
-    """Return the BIDS subject folder name ``sub-<label>`` of a participant id.
-
-    Ids without the ``sub-`` prefix get it; characters that BIDS labels do not allow
-    (anything but letters and digits) are dropped, e.g. ``"IXI_012"`` → ``"sub-IXI012"``.
-
-    Raises
-    ------
-    InputError
-        When no letter or digit is left.
-    """
-    pid = str(participant_id).strip()
-    label = pid[4:] if pid.startswith("sub-") else pid
-    label = re.sub(r"[^A-Za-z0-9]", "", label)
-    if not label:
-        raise InputError(
-            "participant_id has no letters or digits to name its folder",
-            "use BIDS-like ids such as sub-001",
-            pid,
-        )
-    return f"sub-{label}"
-
-
-def _res_label(resolution_mm: float) -> str:
-    return f"{resolution_mm:g}".replace(".", "p")
+#: BIDS subject folder name of a participant id (see :func:`brainage.io.layout.subject_label`).
+bids_subject = subject_label
 
 
 def subject_files(out_dir: str | Path, participant_id: str, config: PreprocessConfig) -> dict:
-    """Return the output paths of one subject (see the module docstring for the layout).
+    """Return the output paths of one subject (:meth:`brainage.io.layout.RunLayout.preproc`).
 
     Returns
     -------
     dict of str to Path
         Keys ``folder``, ``preproc``, ``mask``, ``xfm``, ``inverse_xfm``, ``qc_png``, ``sidecar``.
     """
-    sub = bids_subject(participant_id)
-    folder = Path(out_dir) / "preproc" / sub / "anat"
-    space = f"space-{TEMPLATE_SPACE}_res-{_res_label(config.resolution_mm)}"
-    ext = "h5" if config.register == "syn" else "mat"
-    return {
-        "folder": folder,
-        "preproc": folder / f"{sub}_{space}_desc-preproc_T1w.nii.gz",
-        "mask": folder / f"{sub}_{space}_desc-brain_mask.nii.gz",
-        "xfm": folder / f"{sub}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.{ext}",
-        "inverse_xfm": folder / f"{sub}_from-{TEMPLATE_SPACE}_to-T1w_mode-image_xfm.{ext}",
-        "qc_png": folder / f"{sub}_desc-qc_T1w.png",
-        "sidecar": folder / f"{sub}_desc-preproc_T1w.json",
-    }
+    return RunLayout(Path(out_dir)).preproc(participant_id, config.resolution_mm, config.register)
 
 
 def _versions() -> dict:
@@ -170,43 +132,7 @@ def _step(name: str, participant_id: str, path, timer: StageTimer, fix: str):
         ) from exc
 
 
-def _cached_row(files: dict, params_hash: str, participant_id: str) -> dict | None:
-    sidecar = files["sidecar"]
-    if not sidecar.exists():
-        return None
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if meta.get("params_hash") != params_hash:
-        return None
-    keys = ("preproc", "mask", "xfm", "inverse_xfm", "qc_png")
-    if not all(files[k].exists() for k in keys):
-        return None
-    return _row(participant_id, files, meta.get("reg_quality"), meta.get("seconds", {}), True)
-
-
-def _params_hash(t1w_path, config: PreprocessConfig) -> str:
-    """Cache key of a subject: preprocessing version, configuration and input file bytes."""
-    return stable_hash(PREPROC_VERSION, config.to_dict(), file_hash(t1w_path))
-
-
-def cached_result(participant_id: str, t1w_path, out_dir, config: PreprocessConfig) -> dict | None:
-    """Return the result row of a subject finished earlier (same input and config), else None.
-
-    Reads only the JSON sidecar (the completion marker) and checks that the outputs exist, so a
-    rerun skips finished subjects without starting a worker.
-    """
-    t1w_path = Path(t1w_path)
-    if not t1w_path.is_file():
-        return None
-    files = subject_files(out_dir, str(participant_id), config)
-    if not files["sidecar"].exists():
-        return None
-    return _cached_row(files, _params_hash(t1w_path, config), str(participant_id))
-
-
-def _row(participant_id, files, reg_quality, seconds: dict, cached: bool) -> dict:
+def _row(participant_id, files, reg_quality, seconds: dict) -> dict:
     return {
         "participant_id": participant_id,
         "preproc": str(files["preproc"]),
@@ -216,7 +142,6 @@ def _row(participant_id, files, reg_quality, seconds: dict, cached: bool) -> dic
         "qc_png": str(files["qc_png"]),
         "reg_quality": float("nan") if reg_quality is None else float(reg_quality),
         "seconds": float(seconds.get("total", float("nan"))),
-        "cached": cached,
     }
 
 
@@ -249,7 +174,7 @@ def preprocess_subject(
         ``inverse_xfm``: ANTs transforms native → template / template → native (use
         :func:`brainage.preprocess.warp_to_template` / :func:`~brainage.preprocess.warp_to_native`);
         ``reg_quality``: :func:`~brainage.preprocess.qc.registration_quality`; ``seconds``: wall
-        time of the computation; ``cached``: True when a finished earlier result was reused.
+        time of the computation.
 
     Raises
     ------
@@ -282,12 +207,7 @@ def preprocess_subject(
             pid,
             t1w_path,
         )
-    cached = cached_result(pid, t1w_path, out_dir, config)
-    if cached is not None:
-        return cached
     input_hash = file_hash(t1w_path)
-    params_hash = stable_hash(PREPROC_VERSION, config.to_dict(), input_hash)
-    files["sidecar"].unlink(missing_ok=True)  # stale marker goes first, files are redone
 
     timer = StageTimer()
     with _step("reading the image", pid, t1w_path, timer, "check the file"):
@@ -342,7 +262,7 @@ def preprocess_subject(
             )
         with _step("writing outputs", pid, t1w_path, timer, "check the output folder"):
             files["folder"].mkdir(parents=True, exist_ok=True)
-            meta = {"space": TEMPLATE_SPACE, "res": _res_label(config.resolution_mm)}
+            meta = {"space": TEMPLATE_SPACE, "res": res_label(config.resolution_mm)}
             save_nifti(out, grid.affine, files["preproc"], metadata=meta)
             save_nifti(out_mask.astype(np.uint8), grid.affine, files["mask"], np.uint8, meta)
             for key, src in (("xfm", forward), ("inverse_xfm", inverse)):
@@ -365,7 +285,6 @@ def preprocess_subject(
         "Sources": [str(t1w_path.resolve())],
         "SpatialReference": TEMPLATE_SPACE,
         "resolution_mm": config.resolution_mm,
-        "params_hash": params_hash,
         "input_hash": input_hash,
         "preproc_version": PREPROC_VERSION,
         "config": config.to_dict(),
@@ -376,7 +295,7 @@ def preprocess_subject(
         "files": {k: v.name for k, v in files.items() if k not in ("folder", "sidecar")},
     }
     write_json(files["sidecar"], sidecar)
-    return _row(pid, files, reg_quality, seconds, False)
+    return _row(pid, files, reg_quality, seconds)
 
 
 def _subject_task(item: tuple[str, str], out_dir: str, config: PreprocessConfig) -> dict:
@@ -481,14 +400,7 @@ def preprocess_cohort(
 
     task = functools.partial(_subject_task, out_dir=str(out_dir), config=config)
     rows = {}
-    todo = []
-    for pid, t1w in items:
-        row = cached_result(pid, t1w, out_dir, config)
-        if row is None:
-            todo.append((pid, t1w))
-        else:
-            rows[pid] = row
-    items_all, items = items, todo
+    items_all = items
     outcomes = iter_tasks(
         task,
         items,
@@ -512,7 +424,7 @@ def preprocess_cohort(
     qc = result[["participant_id", "reg_quality", "qc_png", "preproc", "mask"]].copy()
     for col in ("qc_png", "preproc", "mask"):
         qc[col] = [_relative(p, out_dir) for p in qc[col]]
-    write_tsv(out_dir / "preproc" / "qc.tsv", qc)
+    write_tsv(RunLayout(out_dir).qc_table, qc)
     return PreprocessResult(result, failures)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from brainage.errors import InputError
+from brainage.io.layout import label
 
 _POP_RE = re.compile(
     r"^method-(?P<method>.+?)_space-(?P<space>[^_]+)_res-(?P<res>[^_]+)_"
@@ -209,16 +210,16 @@ def read_run_folder(out_dir) -> RunFolder:
 
             run.config_text = yaml.safe_dump(config, sort_keys=False)
 
-    for log in sorted(root.glob("models/*/seed-*/training_log.tsv")):
+    for log in sorted(root.glob("models/seed-*/training_log.tsv")):
         frame = _optional(run, log, lambda p: _require(read_tsv(p), ["epoch"], p))
         if frame is not None:
-            run.training_logs[(log.parent.parent.name, log.parent.name)] = frame
+            run.training_logs[("default", log.parent.name)] = frame
 
     for path in sorted((root / "population").glob("method-*_relevance.nii*")):
         m = _POP_RE.match(path.name)
         if m is None:
             continue
-        entry = run.population.setdefault(m["method"], {})
+        entry = run.population.setdefault(_method(m["method"]), {})
         entry["mean" if m["kind"] == "stat-mean" else "top10"] = path
         entry.setdefault("res", m["res"])
         entry.setdefault("space", m["space"])
@@ -231,7 +232,7 @@ def read_run_folder(out_dir) -> RunFolder:
             run, path, lambda p: _require(read_tsv(p), ["region", "mean_relevance"], p)
         )
         if table is not None:
-            run.regions.setdefault(m["method"], {})[m["atlas"]] = table
+            run.regions.setdefault(_method(m["method"]), {})[_atlas(m["atlas"])] = table
 
     evaluation = root / "evaluation"
     run.xai = _optional(run, evaluation / "xai.tsv", lambda p: _require(read_tsv(p), ["method"], p))
@@ -241,16 +242,30 @@ def read_run_folder(out_dir) -> RunFolder:
     for folder in sorted((root / "explain").glob("method-*")):
         if not folder.is_dir():
             continue
-        method = folder.name[len("method-") :]
+        method = _method(folder.name[len("method-") :])
         for path in sorted(folder.glob("sub-*_relevance.nii*")):
             m = _MAP_RE.match(path.name)
-            if m is not None and m["desc"] == method.replace("_", ""):
+            if m is not None and m["desc"] == label(method):
                 run.subject_maps.setdefault(method, {})[m["sub"]] = path
     for path in sorted((evaluation / "truth").glob("sub-*_desc-ageeffect_mask.nii*")):
         m = _TRUTH_RE.match(path.name)
         if m is not None:
             run.truth.setdefault(m["sub"], path)
     return run
+
+
+def _method(lab: str) -> str:
+    """Registered method name of a file-name label (``guidedbackprop`` → ``guided_backprop``)."""
+    from brainage.explain import list_methods
+
+    return next((m for m in list_methods() if label(m) == lab), lab)
+
+
+def _atlas(lab: str) -> str:
+    """Registered atlas name of a file-name label (``harvardoxford`` → ``harvard_oxford``)."""
+    from brainage.atlas import available_atlases
+
+    return next((a for a in available_atlases() if label(a) == lab), lab)
 
 
 def metrics_from_predictions(predictions: pd.DataFrame) -> pd.DataFrame:

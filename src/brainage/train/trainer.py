@@ -5,22 +5,23 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from brainage.errors import ConfigError
 from brainage.io.atomic import atomic_path, write_json, write_tsv
-from brainage.models import build_model
-from brainage.utils import seed_everything, select_device
+from brainage.models import build_model, check_model_params
+from brainage.schema import Section
+from brainage.utils import select_device
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """Training hyper-parameters of one base model.
 
     Defaults are tuned for small cohorts on a CPU (METHODS §3, "small cohorts"): the Hofmann CNN
@@ -58,31 +59,29 @@ class TrainConfig:
         Mixed precision on CUDA.
     """
 
+    section_path: ClassVar[str] = "train"
+
     model: str = "hofmann"
-    model_params: dict = field(default_factory=dict)
-    resolution_mm: float = 3.0
-    epochs: int = 60
-    patience: int = 20
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-3
-    schedule: str = "cosine"
-    loss: str = "mse"
+    model_params: dict[str, Any] = Field(default_factory=lambda: {"dropout": 0.2})
+    resolution_mm: Annotated[float, Field(ge=0.5, le=16)] = 4.0
+    epochs: Annotated[int, Field(ge=1)] = 60
+    patience: Annotated[int, Field(ge=1)] = 30
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-3
+    schedule: Literal["cosine", "constant"] = "cosine"
+    loss: Literal["mse", "mae"] = "mse"
     standardize_targets: bool = True
-    augment: list = field(default_factory=lambda: ["flip", "affine"])
+    augment: list[Literal["flip", "affine", "elastic"]] = Field(
+        default_factory=lambda: ["flip", "affine"]
+    )
     device: str = "auto"
     amp: bool = True
 
-    def __post_init__(self) -> None:
-        if self.loss not in ("mse", "mae"):
-            raise ConfigError(f"'train.loss' must be 'mse' or 'mae'; got {self.loss!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(
-                f"'train.schedule' must be 'cosine' or 'constant'; got {self.schedule!r}"
-            )
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"'train.{name}' must be ≥ 1; got {getattr(self, name)}")
+    @model_validator(mode="after")
+    def _check_model(self) -> TrainConfig:
+        check_model_params(self.model, self.model_params)
+        return self
 
     @classmethod
     def paper(cls) -> TrainConfig:
@@ -95,10 +94,6 @@ class TrainConfig:
             standardize_targets=False,
             augment=[],
         )
-
-    def to_dict(self) -> dict:
-        """Return a plain dict (for YAML/JSON)."""
-        return asdict(self)
 
 
 @dataclass
@@ -188,6 +183,7 @@ def train_model(
     out_dir: str | Path | None = None,
     progress=None,
     meta_extra: dict | None = None,
+    checkpoint: str | Path | None = None,
 ) -> TrainResult:
     """Train one base model with early stopping on the validation MAE.
 
@@ -203,14 +199,18 @@ def train_model(
     seed : int
         Seeds initialisation, batch order, dropout and augmentation.
     out_dir : str or Path, optional
-        Folder for ``checkpoint.pt`` (written every epoch, atomically, so a killed run resumes
-        from the last finished epoch), ``training_log.tsv``, ``model.pt`` and ``model.json``
-        (written last: the completion marker). When ``model.json`` exists the finished model is
-        loaded instead of retrained.
+        Folder for ``training_log.tsv``, ``model.pt`` and ``model.json`` (written last).
+        The model is always trained (skipping finished work is the stage engine's job).
     progress : callable, optional
         Called as ``progress(epoch, n_epochs, val_mae)`` after every epoch.
     meta_extra : dict, optional
         Further entries for ``model.json`` (e.g. the hash of the inputs).
+    checkpoint : str or Path, optional
+        Resume file, written every epoch atomically (default ``out_dir/checkpoint.pt``); when it
+        exists training resumes from its last finished epoch. It holds only tensors and plain
+        values (read with ``torch.load(weights_only=True)``); it is removed when training ends.
+        Name it by the inputs (the stage engine uses the item's cache key) so that a checkpoint
+        of other data is never resumed.
 
     Returns
     -------
@@ -223,13 +223,25 @@ def train_model(
     an LRP relevance map sums to the predicted age minus the training mean age.
     """
     out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None and (out_dir / "model.json").exists():
-        model, meta = load_model(out_dir)
-        log = pd.read_csv(out_dir / "training_log.tsv", sep="\t")
-        return TrainResult(model, log, meta["best_epoch"], meta["best_val_mae"], out_dir)
+    if checkpoint is None and out_dir is not None:
+        checkpoint = out_dir / "checkpoint.pt"
 
     device = select_device(config.device)
-    seed_everything(seed)
+    # every random draw (initialisation, dropout, augmentation) comes from torch's generator,
+    # seeded here inside a fork so that the caller's global random state is left untouched
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        torch.manual_seed(seed)
+        return _fit(
+            x_train, y_train, x_val, y_val, config, seed, out_dir, progress, meta_extra, device,
+            None if checkpoint is None else Path(checkpoint),
+        )  # fmt: skip
+
+
+def _fit(
+    x_train, y_train, x_val, y_val, config, seed, out_dir, progress, meta_extra, device, ckpt_path
+):  # fmt: skip
+    """The training loop of :func:`train_model` (torch's global generator already seeded)."""
     y_train = np.asarray(y_train, dtype=np.float64)
     mean = float(y_train.mean())
     sd = float(y_train.std()) if config.standardize_targets else 1.0
@@ -260,9 +272,8 @@ def train_model(
 
     rows: list[dict] = []
     start_epoch, best_mae, best_epoch, best_state, bad = 1, float("inf"), 0, None, 0
-    ckpt_path = out_dir / "checkpoint.pt" if out_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -368,8 +379,8 @@ def train_model(
             **(meta_extra or {}),
         }
         save_model(model, meta, out_dir)
-        if ckpt_path.exists():
-            ckpt_path.unlink()
+    if ckpt_path is not None:
+        ckpt_path.unlink(missing_ok=True)
     return result
 
 

@@ -1,0 +1,294 @@
+"""The run layout: the one place that builds and parses every output path of a run folder.
+
+Writers, the report, the stages and the tests ask a :class:`RunLayout` where a file goes; nothing
+else builds output paths with f-strings or parses them with regular expressions. Entity values are
+BIDS labels (letters and digits only): ``res-2``, ``res-1p5``, ``method-guidedbackprop``,
+``atlas-harvardoxford``, ``desc-lrpepsilongammabox``.
+
+Layout of ``OUT`` (a BIDS-derivatives-like folder)::
+
+    config.yaml, provenance.json, dataset_description.json
+    cohort.tsv, splits.tsv, failures.tsv
+    preproc/sub-<id>/anat/…                  preprocessed scans (see :meth:`RunLayout.preproc`)
+    models/seed-<n>/                          model.pt, model.json, training_log.tsv, unoise.pt
+    models/space-<tpl>_res-<r>_desc-trainingmean_T1w.nii.gz   reference (mean training) image
+    predictions.tsv, metrics.tsv, ensemble.json, bias_correction.json
+    explain/method-<m>/[seed-<n>/]sub-<id>_space-<tpl>_res-<r>_desc-<m>_relevance.nii.gz
+    population/method-<m>_space-<tpl>_res-<r>_{stat-mean,desc-top10}_relevance.nii.gz
+    regions/method-<m>_atlas-<a>_regions.tsv
+    evaluation/xai.tsv, lesions.tsv, method-<m>_xai.tsv, randomisation/method-<m>.tsv,
+    evaluation/truth/sub-<id>_desc-<effect>_mask.nii.gz
+    records/<stage>/<item>.json               one record per computed item (the completion marker)
+    work/                                      caches that can be deleted without losing results
+    report.html
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from brainage.errors import ConfigError, InputError
+
+#: Template space of every map (MNI152 2009a, symmetric, non-linear; nilearn's template).
+TEMPLATE_SPACE = "MNI152NLin2009aSym"
+
+_ENTITY = re.compile(r"(?P<key>[a-z]+)-(?P<value>[A-Za-z0-9]+)")
+
+
+def label(value: str) -> str:
+    """BIDS label of a name: letters and digits only (``"guided_backprop"`` → ``"guidedbackprop"``).
+
+    Raises
+    ------
+    ConfigError
+        Nothing is left.
+    """
+    out = re.sub(r"[^A-Za-z0-9]", "", str(value))
+    if not out:
+        raise ConfigError(f"{value!r} has no letters or digits to name a file with")
+    return out
+
+
+def res_label(resolution_mm: float) -> str:
+    """BIDS ``res`` label of a voxel size in mm: ``2.0`` → ``"2"``, ``1.5`` → ``"1p5"``."""
+    return f"{float(resolution_mm):g}".replace(".", "p")
+
+
+def subject_label(participant_id: str) -> str:
+    """Return the BIDS subject folder name ``sub-<label>`` of a participant id.
+
+    Ids without the ``sub-`` prefix get it; characters that BIDS labels do not allow
+    (anything but letters and digits) are dropped, e.g. ``"IXI_012"`` → ``"sub-IXI012"``.
+
+    Raises
+    ------
+    InputError
+        When no letter or digit is left.
+    """
+    pid = str(participant_id).strip()
+    raw = pid[4:] if pid.startswith("sub-") else pid
+    lab = re.sub(r"[^A-Za-z0-9]", "", raw)
+    if not lab:
+        raise InputError(
+            "participant_id has no letters or digits to name its folder",
+            "use BIDS-like ids such as sub-001",
+            pid,
+        )
+    return f"sub-{lab}"
+
+
+def parse_entities(path: str | Path) -> dict[str, str]:
+    """Entities of a BIDS-like file name, plus its ``suffix`` and ``extension``.
+
+    ``"sub-01_space-X_res-2_desc-lrp_relevance.nii.gz"`` →
+    ``{"sub": "01", "space": "X", "res": "2", "desc": "lrp", "suffix": "relevance",
+    "extension": ".nii.gz"}``.
+    """
+    name = Path(path).name
+    stem, dot, ext = name.partition(".")
+    parts = stem.split("_")
+    out: dict[str, str] = {}
+    for part in parts[:-1]:
+        m = _ENTITY.fullmatch(part)
+        if m:
+            out[m["key"]] = m["value"]
+    last = parts[-1]
+    m = _ENTITY.fullmatch(last)
+    if m:
+        out[m["key"]] = m["value"]
+    else:
+        out["suffix"] = last
+    out["extension"] = dot + ext if dot else ""
+    return out
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run folder.
+
+    Parameters
+    ----------
+    root : Path
+        The run folder ``OUT`` (absolute).
+    resolution_mm : float
+        Grid of the model inputs and the relevance maps (``train.resolution_mm``).
+    """
+
+    root: Path
+    resolution_mm: float = 4.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+
+    # ------------------------------------------------------------------ run-level files
+    @property
+    def config(self) -> Path:
+        """``OUT/config.yaml``: the resolved configuration."""
+        return self.root / "config.yaml"
+
+    def file(self, name: str) -> Path:
+        """A run-level file by name (``"predictions.tsv"``, ``"splits.tsv"``, …)."""
+        known = {
+            "config.yaml",
+            "provenance.json",
+            "dataset_description.json",
+            "cohort.tsv",
+            "splits.tsv",
+            "failures.tsv",
+            "predictions.tsv",
+            "metrics.tsv",
+            "ensemble.json",
+            "bias_correction.json",
+            "report.html",
+        }
+        if name not in known:
+            raise ConfigError(f"no run-level file {name!r}; known: {', '.join(sorted(known))}")
+        return self.root / name
+
+    @property
+    def space(self) -> str:
+        """``space-<tpl>_res-<r>`` of the model grid."""
+        return f"space-{TEMPLATE_SPACE}_res-{res_label(self.resolution_mm)}"
+
+    # ------------------------------------------------------------------ preprocessing
+    def preproc(self, participant_id: str, resolution_mm: float, register: str) -> dict[str, Path]:
+        """Output paths of one subject's preprocessing.
+
+        Returns
+        -------
+        dict of str to Path
+            ``folder``, ``preproc`` (model input), ``mask``, ``xfm`` / ``inverse_xfm`` (ANTs
+            ``.mat``, ``.h5`` for SyN), ``qc_png``, ``sidecar``.
+        """
+        sub = subject_label(participant_id)
+        folder = self.root / "preproc" / sub / "anat"
+        space = f"space-{TEMPLATE_SPACE}_res-{res_label(resolution_mm)}"
+        ext = "h5" if register == "syn" else "mat"
+        return {
+            "folder": folder,
+            "preproc": folder / f"{sub}_{space}_desc-preproc_T1w.nii.gz",
+            "mask": folder / f"{sub}_{space}_desc-brain_mask.nii.gz",
+            "xfm": folder / f"{sub}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.{ext}",
+            "inverse_xfm": folder / f"{sub}_from-{TEMPLATE_SPACE}_to-T1w_mode-image_xfm.{ext}",
+            "qc_png": folder / f"{sub}_desc-qc_T1w.png",
+            "sidecar": folder / f"{sub}_desc-preproc_T1w.json",
+        }
+
+    @property
+    def qc_table(self) -> Path:
+        """``OUT/preproc/qc.tsv``."""
+        return self.root / "preproc" / "qc.tsv"
+
+    # ------------------------------------------------------------------ models
+    def model_dir(self, seed: int) -> Path:
+        """Folder of the base model with ``seed``: ``OUT/models/seed-<n>``."""
+        return self.root / "models" / f"seed-{int(seed)}"
+
+    def model_dirs(self) -> list[Path]:
+        """Existing base-model folders (with ``model.json``), sorted by seed."""
+        found = [p.parent for p in (self.root / "models").glob("seed-*/model.json")]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def noise_model(self, seed: int) -> Path:
+        """3D U-Noise noise model of base model ``seed``: ``models/seed-<n>/unoise.pt``."""
+        return self.model_dir(seed) / "unoise.pt"
+
+    @property
+    def reference(self) -> Path:
+        """The mean training image (reference brain), on the model grid."""
+        return self.root / "models" / f"{self.space}_desc-trainingmean_T1w.nii.gz"
+
+    # ------------------------------------------------------------------ relevance maps
+    def relevance(self, method: str, participant_id: str, model: str | None = None) -> Path:
+        """Relevance map of one subject; ``model=None``: the ensemble map, ``"seed-0"``: one model.
+
+        ``OUT/explain/method-<m>/[seed-<n>/]sub-<id>_space-<tpl>_res-<r>_desc-<m>_relevance.nii.gz``
+        """
+        folder = self.root / "explain" / f"method-{label(method)}"
+        if model is not None:
+            folder = folder / model
+        sub = subject_label(participant_id)
+        return folder / f"{sub}_{self.space}_desc-{label(method)}_relevance.nii.gz"
+
+    def population(self, method: str, kind: str = "mean") -> Path:
+        """Population map: ``kind="mean"`` (``stat-mean``) or ``"top10"`` (``desc-top10``)."""
+        entity = {"mean": "stat-mean", "top10": "desc-top10"}.get(kind)
+        if entity is None:
+            raise ConfigError(f"'kind' must be 'mean' or 'top10'; got {kind!r}")
+        name = f"method-{label(method)}_{self.space}_{entity}_relevance.nii.gz"
+        return self.root / "population" / name
+
+    def regions(self, method: str, atlas: str) -> Path:
+        """Region table: ``OUT/regions/method-<m>_atlas-<a>_regions.tsv``."""
+        return self.root / "regions" / f"method-{label(method)}_atlas-{label(atlas)}_regions.tsv"
+
+    # ------------------------------------------------------------------ evaluation
+    @property
+    def xai_table(self) -> Path:
+        """``OUT/evaluation/xai.tsv``: one row per explanation method."""
+        return self.root / "evaluation" / "xai.tsv"
+
+    def xai_row(self, method: str) -> Path:
+        """One method's row of the xai table (written by its ``evaluate`` item)."""
+        return self.root / "evaluation" / f"method-{label(method)}_xai.tsv"
+
+    def lesion_row(self, method: str) -> Path:
+        """One method's lesion-test summary (simulated cohorts with lesions)."""
+        return self.root / "evaluation" / f"method-{label(method)}_lesions.json"
+
+    @property
+    def lesion_table(self) -> Path:
+        """``OUT/evaluation/lesions.tsv``."""
+        return self.root / "evaluation" / "lesions.tsv"
+
+    def randomisation(self, method: str) -> Path:
+        """Cascading-randomisation steps of one method."""
+        return self.root / "evaluation" / "randomisation" / f"method-{label(method)}.tsv"
+
+    def truth(self, participant_id: str, effect: str = "ageeffect") -> Path:
+        """Ground-truth mask of a simulated subject on the model grid."""
+        sub = subject_label(participant_id)
+        return self.root / "evaluation" / "truth" / f"{sub}_desc-{label(effect)}_mask.nii.gz"
+
+    # ------------------------------------------------------------------ engine
+    def record(self, stage: str, item: str) -> Path:
+        """Record of one computed item: ``OUT/records/<stage>/<item>.json``."""
+        safe = item.replace("/", "__")
+        return self.root / "records" / stage / f"{safe}.json"
+
+    def records(self, stage: str) -> list[Path]:
+        """Existing records of ``stage``."""
+        return sorted((self.root / "records" / stage).glob("*.json"))
+
+    @property
+    def work(self) -> Path:
+        """``OUT/work``: caches (e.g. the stacked model inputs) that can be deleted."""
+        return self.root / "work"
+
+    def volumes(self) -> Path:
+        """Stacked model inputs, shape (n, 1, i, j, k), float32 (``.npy``, memory-mapped)."""
+        return self.work / f"volumes_res-{res_label(self.resolution_mm)}.npy"
+
+    def relative(self, path: str | Path) -> str:
+        """``path`` relative to the run folder (for records and tables)."""
+        p = Path(path)
+        try:
+            return str(p.resolve().relative_to(self.root))
+        except ValueError:
+            return str(p)
+
+    def absolute(self, relative: str | Path) -> Path:
+        """Inverse of :meth:`relative`."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+    def method_of(self, path: str | Path, methods) -> str | None:
+        """The registered method name (among ``methods``) whose label a file name carries."""
+        ent = parse_entities(path)
+        lab = ent.get("method") or ent.get("desc")
+        for m in methods:
+            if label(m) == lab:
+                return m
+        return None

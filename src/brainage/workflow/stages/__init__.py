@@ -1,0 +1,58 @@
+"""The stages of a run, one module each (see :mod:`brainage.workflow.stage`)."""
+
+from brainage.workflow.stages.evaluate import EvaluateStage, TruthStage
+from brainage.workflow.stages.explain import ExplainStage, NoiseStage
+from brainage.workflow.stages.population import PopulationStage, RegionsStage
+from brainage.workflow.stages.predict import PredictStage
+from brainage.workflow.stages.preprocess import PreprocessStage
+from brainage.workflow.stages.report import ReportStage
+from brainage.workflow.stages.splits import SplitsStage
+from brainage.workflow.stages.train import ReferenceStage, TrainStage
+from brainage.workflow.stages.volumes import VolumesStage
+
+#: Stages whose records ``brainage predict`` takes from the ``--model`` run.
+MODEL_STAGES = ("train", "reference", "noise")
+
+
+def ALL_STAGES() -> list:  # noqa: N802  (a constant-like factory)
+    """Fresh instances of every stage of ``brainage run``, upstream first."""
+    return [
+        SplitsStage(),
+        PreprocessStage(),
+        VolumesStage(),
+        TrainStage(),
+        ReferenceStage(),
+        PredictStage(),
+        NoiseStage(),
+        ExplainStage(),
+        PopulationStage(),
+        RegionsStage(),
+        TruthStage(),
+        EvaluateStage(),
+        ReportStage(),
+    ]
+
+
+def APPLY_STAGES() -> list:  # noqa: N802
+    """Stages of ``brainage predict`` (the models come from the ``--model`` run)."""
+    return [SplitsStage(), PreprocessStage(), VolumesStage(), PredictStage(), ExplainStage()]
+
+
+__all__ = [
+    "ALL_STAGES",
+    "APPLY_STAGES",
+    "MODEL_STAGES",
+    "EvaluateStage",
+    "ExplainStage",
+    "NoiseStage",
+    "PopulationStage",
+    "PredictStage",
+    "PreprocessStage",
+    "ReferenceStage",
+    "RegionsStage",
+    "ReportStage",
+    "SplitsStage",
+    "TrainStage",
+    "TruthStage",
+    "VolumesStage",
+]

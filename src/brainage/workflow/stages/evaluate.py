@@ -1,0 +1,207 @@
+"""Stages ``truth`` (ground-truth masks of simulated subjects on the model grid) and ``evaluate``
+(scores of each explanation method, METHODS §11).
+
+``evaluate`` has one item per method: the cascading model-randomisation check (Adebayo et al.
+2018), the agreement of the base models' maps (top-1 % Dice), and — on simulated cohorts — the
+ground-truth scores and the white-matter-lesion test (paper 003). Each item writes its row of
+``evaluation/xai.tsv``; :meth:`EvaluateStage.finish` assembles the table from those rows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from brainage.io.atomic import write_json, write_tsv
+from brainage.workflow.stage import ItemResult, RunContext, Stage
+from brainage.workflow.stages.explain import UNOISE, _uses_reference, explained_subjects
+
+#: Masks of a simulated subject: where age acts, and the single simulated effects.
+TRUTH_MASKS = ("ageeffect", "ventricles", "cortex", "lesions")
+
+
+def _truth_files(ctx: RunContext, pid: str) -> dict:
+    from brainage.io.layout import subject_label
+
+    sub = subject_label(pid)
+    folder = ctx.truth_dir / sub / "anat"
+    out = {}
+    for name in TRUTH_MASKS:
+        found = sorted(folder.glob(f"{sub}_*desc-{name}_mask.nii*"))
+        if found:
+            out[name] = found[0]
+    return out
+
+
+class TruthStage(Stage):
+    """Ground-truth masks of the explained subjects, resampled to the model grid (nearest)."""
+
+    name = "truth"
+    version = "1"
+    requires = ("splits",)
+
+    def items(self, ctx: RunContext) -> list[str]:
+        if ctx.truth_dir is None or not ctx.config.explain.methods:
+            return []
+        return [p for p in explained_subjects(ctx) if "ageeffect" in _truth_files(ctx, p)]
+
+    def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
+        return []
+
+    def inputs(self, ctx: RunContext, item: str) -> dict:
+        from brainage.utils import file_hash
+
+        return {k: file_hash(v, length=32) for k, v in _truth_files(ctx, item).items()}
+
+    def params(self, ctx: RunContext, item: str) -> dict:
+        return {"resolution_mm": ctx.layout.resolution_mm}
+
+    def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
+        import nibabel as nib
+
+        from brainage.io.nifti import save_nifti
+        from brainage.space import resample_to_grid, template_grid
+
+        grid = template_grid(ctx.layout.resolution_mm)
+        outputs = {}
+        for name, path in _truth_files(ctx, item).items():
+            img = resample_to_grid(nib.load(str(path)), grid, "nearest")
+            mask = (np.asarray(img.dataobj) > 0.5).astype(np.uint8)
+            out = ctx.layout.truth(item, name)
+            save_nifti(mask, grid.affine, out, dtype=np.uint8)
+            outputs[name] = out
+        return ItemResult(outputs)
+
+
+def _read(paths) -> np.ndarray:
+    import nibabel as nib
+
+    return np.stack([np.asarray(nib.load(str(p)).dataobj, dtype=np.float32) for p in paths])
+
+
+class EvaluateStage(Stage):
+    """See the module docstring."""
+
+    name = "evaluate"
+    version = "1"
+    requires = ("explain", "truth", "reference")
+
+    def items(self, ctx: RunContext) -> list[str]:
+        done = {i.split("/", 1)[0] for i in ctx.stage_records("explain")}
+        return [m for m in ctx.config.explain.methods if m in done]
+
+    def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
+        pids = explained_subjects(ctx)
+        deps = [("explain", f"{item}/{p}") for p in pids if ("explain", f"{item}/{p}") in ctx.records]
+        deps += [("train", i) for i in sorted(ctx.stage_records("train"))]
+        deps += [("truth", p) for p in pids if ("truth", p) in ctx.records]
+        if _uses_reference(ctx.config.explain.method_params(item)):
+            deps.append(("reference", "trainingmean"))
+        return deps
+
+    def params(self, ctx: RunContext, item: str) -> dict:
+        return {
+            "evaluate": ctx.config.evaluate.to_dict(),
+            "method_params": ctx.config.explain.method_params(item),
+            "seed": ctx.config.seed,
+        }
+
+    def seed(self, ctx: RunContext, item: str) -> int:
+        return ctx.config.seed
+
+    def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
+        import torch
+
+        from brainage.evaluate import (
+            METRICS,
+            cascading_randomisation,
+            evaluate_explanations,
+            seed_agreement,
+        )
+        from brainage.population import normalise_maps
+        from brainage.space import template_array
+        from brainage.stats import lesion_relevance_test
+        from brainage.stats.lesions import SUMMARY_FIELDS
+        from brainage.workflow.stages.explain import relevance_stack
+        from brainage.workflow.stages.predict import load_models
+        from brainage.workflow.stages.train import load_reference
+
+        method, ev, layout = item, ctx.config.evaluate, ctx.layout
+        brain = template_array("mask", layout.resolution_mm)
+        pids, stack = relevance_stack(ctx, method)
+        models = load_models(ctx)
+        outputs, values = {}, {}
+        per_seed = []
+        for name, _, _ in models:
+            maps = _read([ctx.record("explain", f"{method}/{p}").output(layout, name) for p in pids])
+            per_seed.append(normalise_maps(maps, brain).mean(axis=0))
+        agreement = seed_agreement(per_seed, brain, ev.top_fraction) if len(per_seed) >= 2 else None
+        randomisation = None
+        if ev.randomisation and method != UNOISE and pids:
+            n = min(ev.n_subjects, len(pids))
+            params = ctx.config.explain.method_params(method)
+            if _uses_reference(params):
+                params["baseline"] = load_reference(ctx)
+            vols = torch.as_tensor(ctx.stack(pids[:n]))
+            randomisation = cascading_randomisation(
+                models[0][1], vols, method, ctx.config.seed, mask=brain, **params
+            )
+            outputs["randomisation"] = write_tsv(layout.randomisation(method), randomisation)
+        masks = {}
+        if pids and all(("truth", p) in ctx.records for p in pids):
+            for name in TRUTH_MASKS:
+                recs = [ctx.record("truth", p) for p in pids]
+                if all(name in r.outputs for r in recs):
+                    masks[name] = _read([r.output(layout, name) for r in recs]) > 0.5
+        truths = masks.get("ageeffect")
+        has_truth = truths is not None
+        if has_truth:
+            effects = {k: masks[k] & truths for k in TRUTH_MASKS[1:] if k in masks}
+        else:
+            effects, truths = {}, np.zeros(stack.shape, dtype=bool)
+        row = evaluate_explanations(
+            {method: stack},
+            truths,
+            brain,
+            randomisation={method: randomisation} if randomisation is not None else None,
+            seed_agreement={method: agreement} if agreement is not None else None,
+            threshold=ev.threshold,
+            effects=effects,
+        )
+        if not has_truth:
+            scores = [*METRICS, "population_mass_accuracy", "population_mask_fraction"]
+            row[[*scores, "population_roc_auc"]] = np.nan
+        outputs["xai"] = write_tsv(layout.xai_row(method), row)
+        if "lesions" in masks:
+            res = lesion_relevance_test(stack, masks["lesions"], brain)
+            summary = {k: res[k] for k in SUMMARY_FIELDS}
+            subjects = res["subjects"].to_dict(orient="records")
+            outputs["lesions"] = write_json(
+                layout.lesion_row(method), {"summary": summary, "subjects": subjects}
+            )
+        values["has_truth"] = bool(has_truth)
+        return ItemResult(outputs, values, seed=ctx.config.seed)
+
+    def finish(self, ctx: RunContext) -> None:
+        from brainage.evaluate import write_xai_table
+
+        layout = ctx.layout
+        recs = [ctx.records[(self.name, m)] for m in self.items(ctx) if (self.name, m) in ctx.records]
+        if not recs:
+            return
+        rows = [pd.read_csv(r.output(layout, "xai"), sep="\t", na_values=["n/a"]) for r in recs]
+        write_xai_table(pd.concat(rows, ignore_index=True), layout.root)
+        summaries, subjects = [], []
+        for r in recs:
+            if "lesions" not in r.outputs:
+                continue
+            data = json.loads(r.output(layout, "lesions").read_text())
+            summaries.append({"method": r.item, **data["summary"]})
+            subjects.append(pd.DataFrame(data["subjects"]).assign(method=r.item))
+        if summaries:
+            subj = pd.concat(subjects, ignore_index=True)
+            subj = subj[["method", *[c for c in subj.columns if c != "method"]]]
+            write_tsv(layout.root / "evaluation" / "lesions_subjects.tsv", subj)
+            write_tsv(layout.lesion_table, pd.DataFrame(summaries))

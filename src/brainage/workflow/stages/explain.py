@@ -1,0 +1,212 @@
+"""Stages ``noise`` (3D U-Noise noise models, paper 002) and ``explain`` (relevance maps, METHODS §8).
+
+``explain`` has one item per method × subject (``"lrp/sub-01"``), computed in batches of
+``explain.batch_size`` subjects. A map is keyed by the method's parameters and code
+(:func:`brainage.explain._core.method_fingerprint`), every base model, the subject's
+preprocessing and, where used, the reference image and the noise models. Each base model's map
+goes to ``explain/method-<m>/seed-<n>/`` and their mean (the ensemble map, paper 001) to
+``explain/method-<m>/``, as NIfTI in template space on the model grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from brainage.config import TRAINING_MEAN
+from brainage.io.nifti import save_nifti
+from brainage.workflow.stage import ItemResult, RunContext, Stage, subject_of
+
+UNOISE = "unoise"
+
+
+def explained_subjects(ctx: RunContext) -> list[str]:
+    """Subjects to explain: ``explain.subjects`` of the run (every subject in ``apply`` mode)."""
+    if ctx.mode == "apply":
+        return [p for p in ctx.ok_subjects() if ("preprocess", p) in ctx.records]
+    which = ctx.config.explain.subjects
+    splits = {"test": ("test",), "heldout": ("validation", "test"), "all": None}[which]
+    pids = ctx.ok_subjects() if splits is None else ctx.subjects_in(*splits)
+    return [p for p in pids if ("preprocess", p) in ctx.records]
+
+
+def _uses_reference(params: dict) -> bool:
+    return isinstance(params.get("baseline"), str) and params["baseline"] == TRAINING_MEAN
+
+
+class NoiseStage(Stage):
+    """One 3D U-Noise noise model per base model (only when ``unoise`` is a method)."""
+
+    name = "noise"
+    version = "1"
+    requires = ("splits", "volumes", "train")
+
+    def items(self, ctx: RunContext) -> list[str]:
+        if UNOISE not in ctx.config.explain.methods or ctx.mode == "apply":
+            return []
+        return sorted(ctx.stage_records("train"))
+
+    def _fit_subjects(self, ctx: RunContext) -> tuple[list[str], list[str]]:
+        n = ctx.config.explain.unoise_fit.n_subjects
+        return ctx.subjects_in("train")[:n], ctx.subjects_in("validation")
+
+    def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
+        tr, va = self._fit_subjects(ctx)
+        return [("train", item), *[("preprocess", p) for p in tr + va]]
+
+    def params(self, ctx: RunContext, item: str) -> dict:
+        from brainage.explain.unoise import ALGORITHM_VERSION
+
+        return {"fit": ctx.config.explain.unoise_fit.to_dict(), "algorithm": ALGORITHM_VERSION}
+
+    def inputs(self, ctx: RunContext, item: str) -> dict:
+        ages = ctx.ages()
+        tr, va = self._fit_subjects(ctx)
+        return {"subjects": [[p, ages[p]] for p in tr + va]}
+
+    def seed(self, ctx: RunContext, item: str) -> int:
+        return ctx.config.seed
+
+    def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
+        from brainage.explain.unoise import fit_unoise
+        from brainage.train import load_model
+
+        rec = ctx.record("train", item)
+        model, meta = load_model(rec.output(ctx.models, "model.json").parent)
+        tr, va = self._fit_subjects(ctx)
+        ages = ctx.ages()
+        path = ctx.layout.noise_model(int(meta["seed"]))
+        for old in (path, path.with_suffix(".json")):
+            old.unlink(missing_ok=True)  # a model of other inputs goes first
+        fit_unoise(
+            model,
+            ctx.stack(tr),
+            np.array([ages[p] for p in tr]),
+            ctx.stack(va),
+            np.array([ages[p] for p in va]),
+            seed=ctx.config.seed,
+            out_path=path,
+            **ctx.config.explain.unoise_fit.fit_params(),
+        )
+        outputs = {"noise_model": path}
+        if path.with_suffix(".json").exists():
+            outputs["sidecar"] = path.with_suffix(".json")
+        return ItemResult(outputs, seed=ctx.config.seed)
+
+
+class ExplainStage(Stage):
+    """See the module docstring."""
+
+    name = "explain"
+    version = "1"
+    requires = ("splits", "preprocess", "volumes", "train", "reference", "noise")
+
+    def items(self, ctx: RunContext) -> list[str]:
+        pids = explained_subjects(ctx)
+        return [f"{m}/{p}" for m in ctx.config.explain.methods for p in pids]
+
+    def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
+        method, pid = item.split("/", 1)
+        deps = [("train", i) for i in sorted(ctx.stage_records("train"))]
+        deps.append(("preprocess", pid))
+        deps.append(("volumes", "stack"))
+        if _uses_reference(ctx.config.explain.method_params(method)):
+            deps.append(("reference", "trainingmean"))
+        if method == UNOISE:
+            deps += [("noise", i) for i in sorted(ctx.stage_records("noise"))]
+        return deps
+
+    def params(self, ctx: RunContext, item: str) -> dict:
+        from brainage.explain._core import method_fingerprint
+
+        method = item.split("/", 1)[0]
+        return {
+            "method": method,
+            "params": ctx.config.explain.method_params(method),
+            "code": method_fingerprint(method),
+        }
+
+    def batch_size(self, ctx: RunContext) -> int:
+        return ctx.config.explain.batch_size
+
+    def compute_batch(self, ctx: RunContext, items, keys) -> list:
+        out = []
+        for method in dict.fromkeys(i.split("/", 1)[0] for i in items):
+            group = [i for i in items if i.split("/", 1)[0] == method]
+            out += self._explain(ctx, method, [subject_of(i) for i in group])
+        return out
+
+    def _explain(self, ctx: RunContext, method: str, pids: list[str]) -> list[ItemResult]:
+        import torch
+
+        from brainage.explain import explain
+        from brainage.space import template_grid
+        from brainage.workflow.stages.predict import load_models
+        from brainage.workflow.stages.train import load_reference
+
+        models = load_models(ctx)
+        params = ctx.config.explain.method_params(method)
+        if _uses_reference(params):
+            params["baseline"] = load_reference(ctx)
+        per_model = [dict(params) for _ in models]
+        if method == UNOISE:
+            from brainage.explain.unoise import load_unoise
+
+            for pm, (name, _, _) in zip(per_model, models, strict=True):
+                rec = ctx.records.get(("noise", name))
+                if rec is None:
+                    from brainage.errors import InputError
+
+                    raise InputError(
+                        f"the run {ctx.models.root} has no 3D U-Noise noise model for {name}",
+                        "explain that run with unoise first: brainage explain --run RUN "
+                        "--methods unoise",
+                    )
+                pm["noise_model"] = load_unoise(rec.output(ctx.models, "noise_model"))
+        grid = template_grid(ctx.layout.resolution_mm)
+        vols = torch.as_tensor(ctx.stack(pids))
+        bs = len(pids)
+        maps = [
+            explain(m, vols, method, batch_size=bs, **pm)
+            for (_, m, _), pm in zip(models, per_model, strict=True)
+        ]
+        results = []
+        for c, pid in enumerate(pids):
+            meta = {"space": "MNI152NLin2009aSym", "method": method}
+            outputs = {}
+            for (name, _, _), mp in zip(models, maps, strict=True):
+                path = ctx.layout.relevance(method, pid, name)
+                save_nifti(mp[c, 0], grid.affine, path, metadata=meta)
+                outputs[name] = path
+            mean = np.mean([mp[c, 0] for mp in maps], axis=0)
+            path = ctx.layout.relevance(method, pid)
+            save_nifti(mean, grid.affine, path, metadata={**meta, "models": len(models)})
+            outputs["ensemble"] = path
+            results.append(ItemResult(outputs))
+        return results
+
+
+def relevance_stack(ctx: RunContext, method: str, model: str = "ensemble") -> tuple[list, np.ndarray]:
+    """Explained subjects of ``method`` and their maps, shape (n, i, j, k), float32."""
+    import nibabel as nib
+
+    recs = [
+        (subject_of(i), r)
+        for i, r in ctx.stage_records("explain").items()
+        if i.split("/", 1)[0] == method
+    ]
+    order = {p: k for k, p in enumerate(explained_subjects(ctx))}
+    recs = sorted((x for x in recs if x[0] in order), key=lambda x: order[x[0]])
+    pids = [p for p, _ in recs]
+    if not recs:
+        return pids, np.zeros((0, *template_shape(ctx)), np.float32)
+    stack = np.stack(
+        [np.asarray(nib.load(str(r.output(ctx.layout, model))).dataobj, np.float32) for _, r in recs]
+    )
+    return pids, stack
+
+
+def template_shape(ctx: RunContext) -> tuple[int, int, int]:
+    """Shape of the model grid."""
+    from brainage.space import template_grid
+
+    return tuple(template_grid(ctx.layout.resolution_mm).shape)

@@ -1,0 +1,27 @@
+"""Stage ``report``: the HTML report, from what the other stages wrote (it computes nothing)."""
+
+from __future__ import annotations
+
+from brainage.workflow.stage import ItemResult, RunContext, Stage
+
+#: Stages whose results the report shows.
+REPORTED = ("preprocess", "splits", "predict", "population", "regions", "evaluate", "train")
+
+
+class ReportStage(Stage):
+    """See the module docstring."""
+
+    name = "report"
+    version = "1"
+    requires = ("predict", "population", "regions", "evaluate")
+
+    def items(self, ctx: RunContext) -> list[str]:
+        return ["report"]
+
+    def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
+        return sorted(k for k in ctx.records if k[0] in REPORTED)
+
+    def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
+        from brainage.report import write_report
+
+        return ItemResult({"report": write_report(ctx.layout.root)})

@@ -1,0 +1,63 @@
+"""Stage ``splits``: assign every subject to train / validation / test / predict before any work.
+
+The split is drawn from the cohort (ages), so a subject that fails later keeps everyone else's
+split. Writes ``splits.tsv`` (``participant_id, age, split``) and ``cohort.tsv`` (with the image
+paths).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from brainage.data.splits import make_splits
+from brainage.io.atomic import write_tsv
+from brainage.workflow.stage import ItemResult, RunContext, Stage
+
+#: Columns of ``cohort.tsv`` (those the cohort has).
+COHORT_COLUMNS = ("participant_id", "age", "sex", "site", "split", "t1w")
+
+
+class SplitsStage(Stage):
+    """See the module docstring."""
+
+    name = "splits"
+    version = "1"
+
+    def items(self, ctx: RunContext) -> list[str]:
+        return ["cohort"]
+
+    def params(self, ctx: RunContext, item: str) -> dict:
+        if ctx.mode == "apply":
+            return {"mode": "apply"}
+        return {"split": ctx.config.split.to_dict(), "seed": ctx.config.seed}
+
+    def inputs(self, ctx: RunContext, item: str) -> dict:
+        cols = [c for c in ("participant_id", "age", "sex", "site", "t1w") if c in ctx.cohort]
+        return {"cohort": ctx.cohort[cols].astype(str).values.tolist()}
+
+    def seed(self, ctx: RunContext, item: str) -> int | None:
+        return ctx.config.seed
+
+    def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
+        table = ctx.cohort.copy()
+        if ctx.mode == "apply":
+            table["split"] = "predict"
+        else:
+            sp = ctx.config.split
+            table["split"] = make_splits(
+                table, sp.test_fraction, sp.validation_fraction, ctx.config.seed
+            ).to_numpy()
+        splits = ctx.layout.file("splits.tsv")
+        cohort = ctx.layout.file("cohort.tsv")
+        write_tsv(splits, table[["participant_id", "age", "split"]])
+        write_tsv(cohort, table[[c for c in COHORT_COLUMNS if c in table]])
+        return ItemResult({"splits": splits, "cohort": cohort}, seed=self.seed(ctx, item))
+
+    def finish(self, ctx: RunContext) -> None:
+        rec = ctx.record(self.name, "cohort")
+        splits = pd.read_csv(
+            rec.output(ctx.layout, "splits"), sep="\t", dtype={"participant_id": str}
+        )
+        ctx.cohort["split"] = ctx.cohort["participant_id"].map(
+            dict(zip(splits["participant_id"], splits["split"], strict=True))
+        )
