@@ -19,5 +19,5 @@ def test_there_are_example_configs():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_example_config_is_valid(path):
     cfg = load_config(path)
-    for method in cfg["explain"]["methods"]:
-        check_method(method, cfg["explain"]["params"].get(method))
+    for method in cfg.explain.methods:
+        check_method(method, cfg.explain.params.get(method))

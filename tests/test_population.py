@@ -203,10 +203,10 @@ def test_write_population_maps(tmp_path, rng):
     paths = write_population_maps(maps, m, grid, tmp_path, "guided_backprop")
     assert set(paths) == {"mean", "top10"}
     assert paths["mean"].name == (
-        f"method-guided_backprop_space-{TEMPLATE_SPACE}_res-3_stat-mean_relevance.nii.gz"
+        f"method-guidedbackprop_space-{TEMPLATE_SPACE}_res-3_stat-mean_relevance.nii.gz"
     )
     assert paths["top10"].name == (
-        f"method-guided_backprop_space-{TEMPLATE_SPACE}_res-3_desc-top10_relevance.nii.gz"
+        f"method-guidedbackprop_space-{TEMPLATE_SPACE}_res-3_desc-top10_relevance.nii.gz"
     )
     assert paths["mean"] == population_map_path(tmp_path, "guided_backprop", 3.0, "mean")
     mean_img = nib.load(str(paths["mean"]))

@@ -92,7 +92,7 @@ def truth_mask(res, peak_k, seed=0):
 def add_fake_evaluation(out, res=4, seed=0, truth=True, lesions=True, xai_rows=None):
     """Write evaluation/xai.tsv, lesions.tsv, truth masks and per-subject maps into ``out``."""
     from brainage.evaluate import write_xai_table
-    from brainage.pipeline import relevance_path
+    from brainage.io.layout import RunLayout
 
     rng = np.random.default_rng(seed)
     grid = template_grid(res)
@@ -116,7 +116,7 @@ def add_fake_evaluation(out, res=4, seed=0, truth=True, lesions=True, xai_rows=N
         }
         for method in rows:
             for model in (None, "seed-0"):
-                path = relevance_path(out, method, pid, res, model)
+                path = RunLayout(out, res).relevance(method, pid, model)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 nib.save(nib.Nifti1Image(maps[method].astype(np.float32), grid.affine), str(path))
     return out
@@ -221,7 +221,7 @@ def make_fake_run(out, full=True, seed=0, n=60, atlases=None, res=4, evaluation=
             ep = np.arange(1, 31)
             val = 8 + 25 * np.exp(-ep / (6 + rng.uniform(0, 3))) + rng.normal(0, 0.4, ep.size)
             _write_tsv(
-                out / "models" / cond / s / "training_log.tsv",
+                out / "models" / s / "training_log.tsv",
                 pd.DataFrame(
                     {
                         "epoch": ep,
@@ -404,7 +404,7 @@ def test_read_run_folder_discovers_outputs(full_run):
     assert run.population["lrp"]["space"] == TEMPLATE_SPACE
     assert set(run.population["lrp"]) >= {"mean", "top10"}
     assert list(run.regions["lrp"]) == ["toy"]
-    assert sorted(run.training_logs) == [("augmented", f"seed-{i}") for i in range(3)]
+    assert sorted(run.training_logs) == [("default", f"seed-{i}") for i in range(3)]
     assert run.problems == []
 
 

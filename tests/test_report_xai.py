@@ -8,6 +8,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+
+from brainage.io.layout import label
 from test_report import (
     LESION_ROWS,
     TRUTH_PEAK_K,
@@ -63,7 +65,7 @@ def test_read_run_folder_finds_evaluation(xai_run):
     for method, maps in run.subject_maps.items():
         assert sorted(maps) == sorted(XAI_SUBJECTS)
         # the ensemble map, not the base model's one under seed-0/
-        assert all(p.parent.name == f"method-{method}" for p in maps.values())
+        assert all(p.parent.name == f"method-{label(method)}" for p in maps.values())
     assert sorted(run.truth) == sorted(XAI_SUBJECTS)
     grid = template_grid(RES)
     for pid, peak in zip(XAI_SUBJECTS, TRUTH_PEAK_K, strict=True):

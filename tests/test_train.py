@@ -89,11 +89,29 @@ def test_training_resumes_from_checkpoint(tmp_path):
         predict_volumes(model, x[18:]), predict_volumes(full.model, x[18:]), rtol=1e-5
     )
     assert meta["seed"] == 2 and not (part_dir / "checkpoint.pt").exists()
-    # finished: a third call loads instead of training
-    again = train_model(
-        x[:18], ages[:18], x[18:], ages[18:], _cfg(epochs=1), seed=2, out_dir=part_dir
-    )
-    assert len(again.log) == len(full.log)
+    # the checkpoint holds only tensors and plain values: a run folder cannot execute code
+    ckpt = tmp_path / "ckpt.pt"
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, total, mae):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_model(x[:18], ages[:18], x[18:], ages[18:], _cfg(), 2, None, stop, checkpoint=ckpt)
+    assert set(torch.load(ckpt, weights_only=True)) >= {"model", "optimizer", "rows", "epoch"}
+
+
+def test_training_leaves_global_random_state_untouched():
+    rng = np.random.default_rng(0)
+    x = rng.random((10, 1, 8, 8, 8)).astype(np.float32)
+    ages = rng.uniform(20, 80, 10)
+    state = torch.get_rng_state()
+    first = train_model(x[:7], ages[:7], x[7:], ages[7:], _cfg(epochs=2), seed=5)
+    assert torch.equal(state, torch.get_rng_state())
+    again = train_model(x[:7], ages[:7], x[7:], ages[7:], _cfg(epochs=2), seed=5)
+    np.testing.assert_array_equal(first.log["val_mae"], again.log["val_mae"])
 
 
 def test_train_config_validation():
@@ -109,4 +127,4 @@ def test_config_unknown_key_did_you_mean(tmp_path):
         load_config(p)
     p.write_text("ensemble:\n  n_seeds: 4\ntrain:\n  model_params: {dense: 32}\n")
     cfg = load_config(p)
-    assert seeds_of(cfg) == [0, 1, 2, 3] and cfg["train"]["model_params"]["dense"] == 32
+    assert seeds_of(cfg) == [0, 1, 2, 3] and cfg.train.model_params["dense"] == 32

@@ -1,7 +1,13 @@
-"""Command-line interface: argument parsing only, every command is one library call."""
+"""Command-line interface: argument parsing only; every command is one library call.
+
+Usage errors (unknown option or command, missing or malformed value) print one line with a
+did-you-mean and exit 2; bad data and bad configuration print one line naming the file or key and
+exit 2. ``-h`` is ``--help``.
+"""
 
 from __future__ import annotations
 
+import difflib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 BidsOpt = Annotated[
@@ -26,11 +33,24 @@ BidsOpt = Annotated[
 TableOpt = Annotated[
     Path | None, typer.Option("--table", help="CSV/TSV with participant_id, age, t1w (image path).")
 ]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (rerun to resume).")]
+RunOpt = Annotated[Path, typer.Option("--run", help="Folder of an earlier `brainage run`.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML overriding defaults.")]
+LabelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--participant-label", help="Only these subjects (comma-separated, with or without sub-)."
+    ),
+]
 StrictOpt = Annotated[
     bool,
     typer.Option("--strict", help="Stop at the first subject that fails instead of listing it."),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars or log lines.")]
+MethodsOpt = Annotated[
+    str | None, typer.Option("--methods", help="Comma-separated explanation methods.")
+]
+JobsOpt = Annotated[int | None, typer.Option("--n-jobs", help="Parallel workers.", min=1)]
 
 
 def _version(value: bool) -> None:
@@ -48,43 +68,87 @@ def _main(
     """Interpretable brain-age estimation from 3D MRI."""
 
 
-def _cohort(bids, table, strict):
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _cohort(bids, table, strict, labels):
     from brainage.io import read_cohort
 
-    return read_cohort(bids=bids, table=table, strict=strict)
+    cohort = read_cohort(bids=bids, table=table, strict=strict)
+    return cohort.subset(_split(labels)) if labels else cohort
+
+
+def _config(config, methods=None, n_jobs=None, strict=None, seeds=None, base=None):
+    from brainage.config import load_config
+
+    overrides: dict = {}
+    if strict:
+        overrides["run"] = {"strict": True}
+    if n_jobs is not None:
+        overrides.setdefault("run", {})["n_jobs"] = n_jobs
+    if seeds is not None:
+        overrides["ensemble"] = {"n_seeds": seeds}
+    if methods is not None:
+        overrides["explain"] = {"methods": _split(methods)}
+    return load_config(config, overrides, base=base)
 
 
 @app.command()
 def run(
-    out: Annotated[Path, typer.Option("--out", help="Output folder (rerun to resume).")],
+    out: OutOpt,
     bids: BidsOpt = None,
     table: TableOpt = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="YAML overriding defaults.")
+    config: ConfigOpt = None,
+    seeds: Annotated[
+        int | None, typer.Option("--seeds", help="Number of base models.", min=1)
     ] = None,
-    seeds: Annotated[int | None, typer.Option("--seeds", help="Number of base models.")] = None,
-    methods: Annotated[
-        str | None, typer.Option("--methods", help="Comma-separated explanation methods.")
-    ] = None,
-    n_jobs: Annotated[
-        int | None, typer.Option("--n-jobs", help="Parallel preprocessing workers.")
-    ] = None,
+    methods: MethodsOpt = None,
+    n_jobs: JobsOpt = None,
+    participant_label: LabelOpt = None,
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Run the whole pipeline: preprocess, train, predict, explain, population maps, report."""
-    from brainage.config import load_config
-    from brainage.pipeline import run as run_pipeline
+    from brainage.workflow import run as run_all
 
-    overrides: dict = {"run": {"strict": strict}}
-    if seeds is not None:
-        overrides["ensemble"] = {"n_seeds": seeds}
-    if methods is not None:
-        overrides["explain"] = {"methods": [m.strip() for m in methods.split(",") if m.strip()]}
-    if n_jobs is not None:
-        overrides["run"]["n_jobs"] = n_jobs
-    cfg = load_config(config, overrides)
-    run_pipeline(_cohort(bids, table, strict), out, cfg, progress=not quiet)
+    cfg = _config(config, methods, n_jobs, strict, seeds)
+    run_all(_cohort(bids, table, strict, participant_label), out, cfg, progress=not quiet)
+
+
+def _stage_command(stage: str, doc: str):
+    """A command that brings one stage (and whatever upstream is stale) up to date."""
+
+    def command(
+        out: OutOpt,
+        bids: BidsOpt = None,
+        table: TableOpt = None,
+        config: ConfigOpt = None,
+        n_jobs: JobsOpt = None,
+        participant_label: LabelOpt = None,
+        strict: StrictOpt = False,
+        quiet: QuietOpt = False,
+    ) -> None:
+        from brainage.workflow import run as run_all
+        from brainage.workflow.api import TARGETS
+
+        cfg = _config(config, None, n_jobs, strict)
+        cohort = _cohort(bids, table, strict, participant_label)
+        run_all(cohort, out, cfg, progress=not quiet, targets=TARGETS[stage])
+
+    command.__doc__ = doc
+    command.__name__ = stage
+    return command
+
+
+app.command(name="preprocess")(
+    _stage_command(
+        "preprocess", "Preprocess a cohort (skull strip, N4, register to MNI152, crop, scale, QC)."
+    )
+)
+app.command(name="train")(
+    _stage_command("train", "Preprocess (where stale) and train the base models of a cohort.")
+)
 
 
 @app.command()
@@ -98,37 +162,87 @@ def predict(
     methods: Annotated[
         str | None, typer.Option("--methods", help="Also write relevance maps (comma-separated).")
     ] = None,
+    participant_label: LabelOpt = None,
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Apply a trained run (ensemble + bias correction) to new subjects."""
-    from brainage.pipeline import predict as predict_pipeline
+    from brainage.workflow import predict as predict_new
 
-    explain = tuple(m.strip() for m in methods.split(",")) if methods else ()
-    predict_pipeline(model, _cohort(bids, table, strict), out, explain, progress=not quiet)
+    explain = tuple(_split(methods) or ())
+    cohort = _cohort(bids, table, strict, participant_label)
+    predict_new(model, cohort, out, explain, progress=not quiet)
+
+
+def _run_command(stage: str, doc: str, with_methods: bool = False):
+    """A command on an existing run folder (``--run DIR``)."""
+
+    def command(run: RunOpt, quiet: QuietOpt = False) -> None:
+        from brainage.workflow import run_stages
+        from brainage.workflow.api import TARGETS
+
+        run_stages(run, TARGETS[stage], progress=not quiet)
+
+    def command_methods(
+        run: RunOpt,
+        methods: Annotated[
+            str | None,
+            typer.Option("--methods", help="Comma-separated methods (default: the run's)."),
+        ] = None,
+        subjects: Annotated[
+            str | None, typer.Option("--subjects", help="test | heldout | all (default: the run's).")
+        ] = None,
+        quiet: QuietOpt = False,
+    ) -> None:
+        from brainage.workflow import explain_run
+
+        explain_run(run, _split(methods), subjects, progress=not quiet)
+
+    fn = command_methods if with_methods else command
+    fn.__doc__ = doc
+    fn.__name__ = stage
+    return fn
+
+
+app.command(name="explain")(
+    _run_command(
+        "explain",
+        "Relevance maps of a run (its methods, or --methods), then maps, regions, report.",
+        with_methods=True,
+    )
+)
+for _name, _doc in (
+    ("population", "Population maps of a run's relevance maps."),
+    ("regions", "Atlas region tables of a run's population maps."),
+    ("evaluate", "Scores of a run's explanation methods (sanity checks, ground truth)."),
+    ("report", "(Re)write report.html of a run (and whatever it needs that is stale)."),
+):
+    app.command(name=_name)(_run_command(_name, _doc))
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("brainage-demo"),
-    n_subjects: Annotated[int, typer.Option("--n-subjects", help="Synthetic subjects.")] = 120,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    n_subjects: Annotated[
+        int, typer.Option("--n-subjects", help="Synthetic subjects.", min=12)
+    ] = 120,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
     quiet: QuietOpt = False,
 ) -> None:
     """Run the whole pipeline on a synthetic cohort made on the fly (no files needed)."""
-    from brainage.pipeline import demo as demo_pipeline
+    from brainage.workflow import demo as run_demo
 
-    demo_pipeline(out, n_subjects=n_subjects, seed=seed, progress=not quiet)
+    run_demo(out, n_subjects=n_subjects, seed=seed, progress=not quiet)
 
 
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option("--out", help="BIDS folder to write.")],
-    n_subjects: Annotated[int, typer.Option("--n-subjects")] = 120,
+    n_subjects: Annotated[int, typer.Option("--n-subjects", min=1)] = 120,
     resolution: Annotated[float, typer.Option("--resolution", help="Voxel size, mm.")] = 4.0,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
     flair: Annotated[bool, typer.Option("--flair", help="Also write FLAIR images.")] = False,
-    n_jobs: Annotated[int, typer.Option("--n-jobs")] = 1,
+    n_jobs: Annotated[int, typer.Option("--n-jobs", min=1)] = 1,
     quiet: QuietOpt = False,
 ) -> None:
     """Simulate a 3D brain-phantom cohort with ground-truth age effects (BIDS)."""
@@ -146,47 +260,6 @@ def simulate(
     )
 
 
-@app.command()
-def preprocess(
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
-    bids: BidsOpt = None,
-    table: TableOpt = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="YAML overriding defaults.")
-    ] = None,
-    n_jobs: Annotated[int | None, typer.Option("--n-jobs")] = None,
-    strict: StrictOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Preprocess a cohort only (skull strip, N4, register to MNI152, crop, scale, QC)."""
-    from brainage.config import load_config
-    from brainage.pipeline import preprocess_only
-
-    overrides: dict = {"run": {"strict": strict}}
-    if n_jobs is not None:
-        overrides["run"]["n_jobs"] = n_jobs
-    preprocess_only(_cohort(bids, table, strict), out, load_config(config, overrides), not quiet)
-
-
-@app.command()
-def explain(
-    out: Annotated[Path, typer.Option("--out", help="Output folder of a finished `brainage run`.")],
-    methods: Annotated[
-        str, typer.Option("--methods", help="Comma-separated methods, e.g. lrp,gradcam,occlusion.")
-    ] = "guided_backprop,lrp",
-    subjects: Annotated[
-        str | None, typer.Option("--subjects", help="test | heldout | all (default: the run's).")
-    ] = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Write relevance maps of a finished run with chosen methods, then maps, regions, report."""
-    from brainage.pipeline import explain_run
-
-    explain_run(
-        out, [m.strip() for m in methods.split(",") if m.strip()], subjects, progress=not quiet
-    )
-
-
 @app.command(name="methods")
 def list_explanation_methods() -> None:
     """List the registered explanation methods."""
@@ -196,41 +269,72 @@ def list_explanation_methods() -> None:
         typer.echo(name)
 
 
-@app.command()
-def report(
-    out: Annotated[Path, typer.Option("--out", help="Output folder of a run.")],
+@app.command(name="config")
+def show_config(
+    show: Annotated[bool, typer.Option("--show", help="Print the resolved configuration.")] = True,
+    config: ConfigOpt = None,
+    demo_defaults: Annotated[
+        bool, typer.Option("--demo", help="Start from the configuration of `brainage demo`.")
+    ] = False,
 ) -> None:
-    """(Re)write report.html of a run folder."""
-    from brainage.report import write_report
+    """Print the resolved configuration (every key with its default) as YAML."""
+    from brainage.config import DEMO_OVERRIDES, dump_config
 
-    typer.echo(write_report(out))
+    cfg = _config(config, base=DEMO_OVERRIDES if demo_defaults else None)
+    if show:
+        typer.echo(dump_config(cfg), nl=False)
 
 
-def main() -> None:
-    """Entry point: run the app; print user errors as one line, no traceback."""
+def _click_exceptions():
+    """The click exception module typer uses (typer ≥ 0.22 vendors click as ``typer._click``)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - older typer with the click package
+        from click import exceptions
+    return exceptions
+
+
+def _usage_line(err) -> str:
+    """One line for a click usage error, with a did-you-mean for unknown commands."""
+    msg = " ".join(err.format_message().split())
+    ctx = getattr(err, "ctx", None)
+    cmd = ctx.command_path if ctx is not None else "brainage"
+    if "No such command" in msg and ctx is not None and hasattr(ctx.command, "commands"):
+        name = msg.split("'")[1] if "'" in msg else ""
+        close = difflib.get_close_matches(name, list(ctx.command.commands), n=1)
+        if close and "did you mean" not in msg.lower():
+            msg += f" Did you mean '{close[0]}'?"
+    return f"{cmd}: {msg} (see '{cmd} --help')"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; print usage and user errors as one line, exit 2."""
     from rich.console import Console
 
+    err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+    exc = _click_exceptions()
     try:
-        app(standalone_mode=False)
+        app(args=argv, standalone_mode=False, prog_name="brainage")
     except BrainageError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {err}")
         sys.exit(2)
     except KeyboardInterrupt:
-        Console(stderr=True).print(
+        err_console.print(
             "[yellow]interrupted[/]: finished work is kept; rerun the same command to resume."
         )
         sys.exit(130)
     except typer.Exit as ex:
         sys.exit(ex.exit_code)
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    except exc.UsageError as err:
+        err_console.print(f"[bold red]error:[/] {_usage_line(err)}")
+        sys.exit(2)
+    except exc.ClickException as err:
+        err_console.print(f"[bold red]error:[/] {' '.join(err.format_message().split())}")
+        sys.exit(2)
+    except exc.Abort:
+        sys.exit(130)
+    except exc.Exit as ex:  # --help, --version
+        sys.exit(ex.exit_code)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Stage ``splits``: assign every subject to train / validation / test / predict before any work.
 
 The split is drawn from the cohort (ages), so a subject that fails later keeps everyone else's
-split. Writes ``splits.tsv`` (``participant_id, age, split``) and ``cohort.tsv`` (with the image
-paths).
+split. Keyed by the participant ids, the ages, the ``split`` section and the seed; writes
+``splits.tsv`` (``participant_id, age, split``), and ``cohort.tsv`` (with the image paths).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class SplitsStage(Stage):
         return {"split": ctx.config.split.to_dict(), "seed": ctx.config.seed}
 
     def inputs(self, ctx: RunContext, item: str) -> dict:
-        cols = [c for c in ("participant_id", "age", "sex", "site", "t1w") if c in ctx.cohort]
+        cols = [c for c in ("participant_id", "age") if c in ctx.cohort]
         return {"cohort": ctx.cohort[cols].astype(str).values.tolist()}
 
     def seed(self, ctx: RunContext, item: str) -> int | None:
@@ -48,10 +48,8 @@ class SplitsStage(Stage):
                 table, sp.test_fraction, sp.validation_fraction, ctx.config.seed
             ).to_numpy()
         splits = ctx.layout.file("splits.tsv")
-        cohort = ctx.layout.file("cohort.tsv")
         write_tsv(splits, table[["participant_id", "age", "split"]])
-        write_tsv(cohort, table[[c for c in COHORT_COLUMNS if c in table]])
-        return ItemResult({"splits": splits, "cohort": cohort}, seed=self.seed(ctx, item))
+        return ItemResult({"splits": splits}, seed=self.seed(ctx, item))
 
     def finish(self, ctx: RunContext) -> None:
         rec = ctx.record(self.name, "cohort")
@@ -61,3 +59,5 @@ class SplitsStage(Stage):
         ctx.cohort["split"] = ctx.cohort["participant_id"].map(
             dict(zip(splits["participant_id"], splits["split"], strict=True))
         )
+        table = ctx.cohort  # the cohort as read now (image paths), with its splits
+        write_tsv(ctx.layout.file("cohort.tsv"), table[[c for c in COHORT_COLUMNS if c in table]])
