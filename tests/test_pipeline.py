@@ -1,9 +1,12 @@
-"""End-to-end: the main job on a tiny phantom cohort, rerun from cache, predict on new subjects."""
+"""End-to-end: the stage engine on a tiny phantom cohort — what reruns when an input changes,
+reproducibility, kill and resume, predict with every method, usage errors."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 
 import nibabel as nib
 import numpy as np
@@ -12,7 +15,7 @@ import pytest
 
 from brainage.config import DEMO_OVERRIDES, load_config, merge
 from brainage.io import read_bids
-from brainage.pipeline import predict, run
+from brainage.workflow import predict, run
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +29,18 @@ TINY = {
         "model_params": {"filters": [8, 8, 16, 16, 8], "dense": 16},
     },
     "bias_correction": {"n_bootstrap": 50},
+    "explain": {
+        "methods": ["guided_backprop", "lrp", "unoise"],
+        "unoise_fit": {
+            "n_subjects": 8,
+            "pretrain_epochs": 0,
+            "epochs": 1,
+            "batch_size": 4,
+            "base_channels": 4,
+            "levels": 2,
+        },
+    },
+    "evaluate": {"n_subjects": 2},
     "population": {"atlases": ["aal"]},
     "run": {"n_jobs": 1, "backend": "serial"},
 }
@@ -39,6 +54,11 @@ PRED_COLUMNS = [
     "uncertainty",
     "split",
 ]
+EXE = shutil.which("brainage") or f"{sys.executable} -m brainage.cli"
+
+
+def tiny_config(**overrides):
+    return load_config(base=merge(DEMO_OVERRIDES, TINY), overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +71,12 @@ def tiny_run(tmp_path_factory):
     parts = pd.read_csv(bids / "participants.tsv", sep="\t", dtype=str)
     parts.loc[0, "age"] = "n/a"
     parts.to_csv(bids / "participants.tsv", sep="\t", index=False)
-    cfg = merge(load_config(overrides=DEMO_OVERRIDES), TINY)
-    result = run(read_bids(bids), root / "out", cfg, progress=False)
+    cfg = tiny_config()
+    old = os.umask(0o022)
+    try:
+        result = run(read_bids(bids), root / "out", cfg, progress=False)
+    finally:
+        os.umask(old)
     return root, bids, cfg, result
 
 
@@ -66,201 +90,265 @@ def test_run_outputs(tiny_run):
     no_age = pred[pred["age"].isna()]
     assert len(no_age) == 1 and set(no_age["split"]) == {"predict"}
     assert np.isfinite(pred["brain_age"]).all() and (pred["uncertainty"] >= 0).all()
-    # the gap is computed from the recommended column
     bias = json.loads((out / "bias_correction.json").read_text())
     col = bias["recommended_column"]
     known = pred.dropna(subset=["age"])
     np.testing.assert_allclose(known["brain_age_gap"], known[col] - known["age"], atol=1e-3)
-    metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
-    assert {"seed-0", "seed-1", "ensemble", "ensemble_corrected", "mean_age_baseline"} <= set(
-        metrics["model"]
+    # splits were drawn from the cohort before preprocessing and recorded
+    splits = pd.read_csv(out / "splits.tsv", sep="\t")
+    assert dict(zip(splits["participant_id"], splits["split"], strict=True)) == dict(
+        zip(pred["participant_id"], pred["split"], strict=True)
     )
-    # relevance maps: one per test subject and method, in template space
     n_test = int((pred["split"] == "test").sum())
-    for method in cfg["explain"]["methods"]:
-        maps = sorted((out / "explain" / f"method-{method}").glob("*_relevance.nii.gz"))
-        assert len(maps) == n_test
-        img = nib.load(str(maps[0]))
-        assert img.shape == (40, 48, 40) and img.affine[0, 0] == 4.0
-        assert list((out / "population").glob(f"method-{method}_*stat-mean_relevance.nii.gz"))
-        regions = pd.read_csv(out / "regions" / f"method-{method}_atlas-aal_regions.tsv", sep="\t")
-        assert len(regions) > 50
+    layout = result_layout(out, cfg)
+    for method in cfg.explain.methods:
+        for pid in pred.loc[pred["split"] == "test", "participant_id"]:
+            img = nib.load(str(layout.relevance(method, pid)))
+            assert img.shape == (40, 48, 40) and img.affine[0, 0] == 4.0
+        assert layout.population(method).exists()
+        assert len(pd.read_csv(layout.regions(method, "aal"), sep="\t")) > 50
+    # everything a later command needs is an output: reference image, noise models
+    assert layout.reference.exists()
+    assert all(layout.noise_model(s).exists() for s in cfg.seeds)
+    # one record per item, written last; the test subjects × methods of explain
+    records = list((out / "records" / "explain").glob("*.json"))
+    assert len(records) == n_test * len(cfg.explain.methods)
+    rec = json.loads(records[0].read_text())
+    assert {"key", "params", "inputs", "upstream", "seconds", "outputs"} <= set(rec)
     html = (out / "report.html").read_text()
     assert "<img" in html and "http://" not in html.replace("http://www.w3.org", "")
     prov = json.loads((out / "provenance.json").read_text())
     assert {"preprocess", "train", "predict", "explain", "population", "report"} <= set(
         prov["stage_seconds"]
     )
+    # readable by group and others under umask 022 (no 0600 temporary-file modes)
+    for path in (out / "predictions.tsv", layout.relevance("lrp", pid), records[0]):
+        assert path.stat().st_mode & 0o044 == 0o044, path
 
 
-def test_rerun_uses_cache(tiny_run):
+def result_layout(out, cfg):
+    from brainage.io.layout import RunLayout
+
+    return RunLayout(out, cfg.train.resolution_mm)
+
+
+def test_rerun_with_nothing_changed_computes_nothing(tiny_run):
     root, bids, cfg, first = tiny_run
-    out = root / "out"
-    model = out / "models" / "default" / "seed-0" / "model.pt"
-    stamp = model.stat().st_mtime_ns
-    relevance = next((out / "explain").rglob("*_relevance.nii.gz"))
-    rel_stamp = relevance.stat().st_mtime_ns
-    again = run(read_bids(bids), out, cfg, progress=False, report=False)
-    assert model.stat().st_mtime_ns == stamp and relevance.stat().st_mtime_ns == rel_stamp
+    again = run(read_bids(bids), root / "out", cfg, progress=False)
+    assert set(again.computed.values()) == {0}, again.computed
     pd.testing.assert_frame_equal(again.predictions, first.predictions)
-    assert again.stage_seconds["train"] < 5
 
 
-def test_predict_new_subjects(tiny_run, tmp_path):
+def _copy(tiny_run, tmp_path):
+    root, bids, cfg, _ = tiny_run
+    shutil.copytree(bids, tmp_path / "bids")
+    shutil.copytree(root / "out", tmp_path / "out")
+    return tmp_path / "bids", tmp_path / "out", cfg
+
+
+def test_changing_one_test_scan_reruns_only_what_depends_on_it(tiny_run, tmp_path):
+    bids, out, cfg = _copy(tiny_run, tmp_path)
+    pred = pd.read_csv(out / "predictions.tsv", sep="\t")
+    pid = pred.loc[pred["split"] == "test", "participant_id"].iloc[0]
+    path = next((bids / pid / "anat").glob("*_T1w.nii.gz"))
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[data > 0] *= 1.05
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    res = run(read_bids(bids), out, cfg, progress=False)
+    n_methods = len(cfg.explain.methods)
+    expected = {
+        "splits": 0,
+        "preprocess": 1,
+        "volumes": 1,
+        "train": 0,
+        "reference": 0,
+        "noise": 0,
+        "predict": 1,
+        "explain": n_methods,
+        "population": n_methods,
+        "regions": n_methods,
+        "truth": 0,
+        "evaluate": n_methods,
+        "report": 1,
+    }
+    assert res.computed == expected
+
+
+def test_changing_one_age_retrains_and_keeps_preprocessing(tiny_run, tmp_path):
+    bids, out, cfg = _copy(tiny_run, tmp_path)
+    parts = pd.read_csv(bids / "participants.tsv", sep="\t", dtype=str)
+    splits = pd.read_csv(out / "splits.tsv", sep="\t", dtype=str)
+    pid = splits.loc[splits["split"] == "train", "participant_id"].iloc[0]
+    parts.loc[parts["participant_id"] == pid, "age"] = "99"
+    parts.to_csv(bids / "participants.tsv", sep="\t", index=False)
+    before = pd.read_csv(out / "predictions.tsv", sep="\t")
+    res = run(read_bids(bids), out, cfg, progress=False)
+    assert res.computed["preprocess"] == 0 and res.computed["volumes"] == 0
+    assert res.computed["splits"] == 1 and res.computed["train"] == len(cfg.seeds)
+    assert res.computed["predict"] == 1
+    assert not np.allclose(res.predictions["brain_age"], before["brain_age"])
+
+
+def test_changing_one_parameter_reruns_only_downstream(tiny_run, tmp_path):
+    bids, out, cfg = _copy(tiny_run, tmp_path)
+    cfg2 = cfg.merged({"population": {"top_fraction": 0.2}})
+    res = run(read_bids(bids), out, cfg2, progress=False)
+    n = len(cfg.explain.methods)
+    changed = {k: v for k, v in res.computed.items() if v}
+    assert changed == {"population": n, "regions": n, "report": 1}
+
+
+def test_same_seed_gives_byte_identical_predictions(tmp_path):
     from brainage.simulate import simulate_cohort
 
-    root, _, _, _ = tiny_run
+    bids = simulate_cohort(tmp_path / "b", n_subjects=24, resolution_mm=4.0, seed=5, progress=False)
+    cfg = tiny_config(explain={"methods": []}, ensemble={"n_seeds": 1})
+    a = run(read_bids(bids), tmp_path / "a", cfg, progress=False, targets=["predict"])
+    b = run(read_bids(bids), tmp_path / "c", cfg, progress=False, targets=["predict"])
+    assert a.computed["train"] == b.computed["train"] == 1
+    assert (tmp_path / "a" / "predictions.tsv").read_bytes() == (
+        tmp_path / "c" / "predictions.tsv"
+    ).read_bytes()
+
+
+def test_predict_new_subjects_with_every_method(tiny_run, tmp_path):
+    from brainage.explain import list_methods
+    from brainage.io.layout import RunLayout
+    from brainage.simulate import simulate_cohort
+
+    root, _, cfg, _ = tiny_run
     new = simulate_cohort(
-        tmp_path / "new", n_subjects=6, resolution_mm=4.0, seed=99, progress=False
+        tmp_path / "new", n_subjects=3, resolution_mm=4.0, seed=99, progress=False
     )
-    pred = predict(root / "out", read_bids(new), tmp_path / "pred", progress=False)
+    methods = tuple(list_methods())
+    pred = predict(root / "out", read_bids(new), tmp_path / "pred", methods, progress=False)
     written = pd.read_csv(tmp_path / "pred" / "predictions.tsv", sep="\t")
-    assert list(written.columns[:7]) == PRED_COLUMNS and len(written) == 6
+    assert list(written.columns[:7]) == PRED_COLUMNS and len(written) == 3
     assert set(written["split"]) == {"predict"}
     np.testing.assert_allclose(written["brain_age"], pred["brain_age"], rtol=1e-5)
-
-
-def test_cli_reports_bad_input_in_one_line(tmp_path):
-    bids = tmp_path / "bids"
-    bids.mkdir()
-    (bids / "participants.tsv").write_text("participant_id\tage\nsub-1\t30\nsub-1\t40\n")
-    exe = shutil.which("brainage") or f"{sys.executable} -m brainage.cli"
-    proc = subprocess.run(
-        [*exe.split(), "run", "--bids", str(bids), "--out", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "sub-1" in proc.stderr and "appears more than once" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def test_explain_run_adds_a_method(tiny_run):
-    from brainage.explain import list_methods
-    from brainage.pipeline import explain_run
-
-    root, _, _, _ = tiny_run
-    out = root / "out"
-    maps = explain_run(out, ["gradcam"], progress=False, report=False)
-    assert set(maps) == {"gradcam"} and all(p.exists() for p in maps["gradcam"])
-    xai = pd.read_csv(out / "evaluation" / "xai.tsv", sep="\t")
-    assert "gradcam" in set(xai["method"])
-    # simulated cohort: ground-truth scores are filled in
-    assert np.isfinite(xai["roc_auc"]).all() and (xai["mask_fraction"] > 0).all()
-    # every simulated effect with voxels in the explained subjects is scored on its own
-    assert {"roc_auc_ventricles", "roc_auc_cortex", "population_roc_auc"} <= set(xai.columns)
-    assert np.isfinite(xai[["roc_auc_ventricles", "roc_auc_cortex"]].to_numpy()).all()
-    assert "gradcam" in list_methods()
-    with pytest.raises(Exception, match="did you mean 'gradcam'"):
-        explain_run(out, ["gradcm"], progress=False, report=False)
-
-
-def test_killed_run_resumes_without_redoing_work(tmp_path):
-    """SIGKILL a real `brainage run` after its first base model, rerun, and check the result."""
-    import os
-    import signal
-    import time
-
-    import yaml
-
-    from brainage.simulate import simulate_cohort
-
-    bids = simulate_cohort(
-        tmp_path / "bids", n_subjects=30, resolution_mm=4.0, seed=3, progress=False
-    )
-    cfg = merge(load_config(overrides=DEMO_OVERRIDES), TINY)
-    cfg["train"]["epochs"] = 6
-    cfg["explain"]["methods"] = ["guided_backprop"]
-    cfg["evaluate"]["randomisation"] = False
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "out"
-    exe = shutil.which("brainage") or f"{sys.executable} -m brainage.cli"
-    cmd = [
-        *exe.split(),
-        "run",
-        "--bids",
-        str(bids),
-        "--out",
-        str(out),
-        "--config",
-        str(tmp_path / "c.yaml"),
-        "--quiet",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / "models" / "default" / "seed-0" / "model.json"
-    deadline = time.time() + 300
-    while not first.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert first.exists(), "the run never finished its first base model"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "predictions.tsv").exists()
-    stamp = (out / "models" / "default" / "seed-0" / "model.pt").stat().st_mtime_ns
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert (out / "models" / "default" / "seed-0" / "model.pt").stat().st_mtime_ns == stamp
-    assert (out / "predictions.tsv").exists() and (out / "report.html").exists()
-    assert not [p for p in out.rglob(".*.tmp*")], "temporary files left behind"
-    log = pd.read_csv(out / "models" / "default" / "seed-1" / "training_log.tsv", sep="\t")
-    assert log["epoch"].tolist() == list(range(1, len(log) + 1))
+    layout = RunLayout(tmp_path / "pred", cfg.train.resolution_mm)
+    for method in methods:
+        for pid in written["participant_id"]:
+            data = np.asarray(nib.load(str(layout.relevance(method, pid))).dataobj)
+            assert data.shape == (40, 48, 40) and np.isfinite(data).all(), method
 
 
 def test_predict_refuses_a_folder_that_is_not_a_run(tmp_path):
     from conftest import make_bids
 
     from brainage.errors import InputError
-    from brainage.io import read_bids
 
     bids = make_bids(tmp_path / "bids", {"sub-01": "30", "sub-02": "40"})
     with pytest.raises(InputError, match="config.yaml is missing: not a finished brainage run"):
         predict(tmp_path / "nothing", read_bids(bids), tmp_path / "o", progress=False)
 
 
-def test_training_mean_baseline_is_resolved_from_the_training_split():
-    from brainage.errors import InputError
-    from brainage.pipeline import method_params
+def test_explain_run_adds_a_method_and_rejects_typos(tiny_run):
+    from brainage.errors import ConfigError
+    from brainage.workflow import explain_run
 
-    rng = np.random.default_rng(0)
-    x = rng.random((70, 1, 3, 4, 5)).astype(np.float32)
-    split = np.array(["train", "validation", "test", "train", "train"] * 14)
-    table = pd.DataFrame({"participant_id": [f"sub-{i}" for i in range(70)], "split": split})
-    params = {"baseline": "training_mean", "n_steps": 8}
-    out = method_params(params, x, table)
-    np.testing.assert_allclose(out["baseline"], x[split == "train"].mean(axis=0), rtol=1e-6)
-    assert out["baseline"].shape == (1, 3, 4, 5) and out["n_steps"] == 8
-    assert params["baseline"] == "training_mean"  # the configuration is not modified
-    assert method_params({"baseline": 0.0}, x, table) == {"baseline": 0.0}
-    with pytest.raises(InputError, match="training subjects"):
-        method_params(params, x, table.assign(split="test"))
-
-
-def test_integrated_gradients_uses_the_mean_training_image(tiny_run):
-    """Default IG baseline in a run is the mean training volume: completeness per base model,
-    Σ IG(x) = f(x) − f(mean training volume), checked on the saved per-seed maps."""
-    import torch
-
-    from brainage.pipeline import explain_run, load_volumes, relevance_path
-    from brainage.train import load_model
-
-    root, _, cfg, _ = tiny_run
+    root, _, _, _ = tiny_run
     out = root / "out"
-    assert cfg["explain"]["params"]["integrated_gradients"]["baseline"] == "training_mean"
-    explain_run(out, ["integrated_gradients"], progress=False, report=False)
-    table = pd.read_csv(out / "cohort.tsv", sep="\t")
-    x = np.asarray(load_volumes(table, out, cfg["train"]["resolution_mm"]))
-    reference = x[(table["split"] == "train").to_numpy()].mean(axis=0)
-    model, meta = load_model(sorted((out / "models").glob("*/seed-0"))[0])
-    rows = np.flatnonzero((table["split"] == "test").to_numpy())[:3]
-    for i in rows:
-        path = relevance_path(
-            out,
-            "integrated_gradients",
-            table["participant_id"].iloc[i],
-            cfg["train"]["resolution_mm"],
-            f"seed-{meta['seed']}",
-        )
-        total = float(np.asarray(nib.load(str(path)).dataobj, dtype=np.float64).sum())
-        with torch.no_grad():
-            f = model(torch.as_tensor(np.stack([x[i], reference]), dtype=torch.float32))[:, 0]
-        assert total == pytest.approx(float(f[0] - f[1]), rel=0.02, abs=0.02)
+    res = explain_run(out, ["gradcam"], progress=False, report=False)
+    assert res.computed["explain"] > 0 and res.computed["train"] == 0
+    xai = pd.read_csv(out / "evaluation" / "xai.tsv", sep="\t")
+    assert list(xai["method"]) == ["gradcam"]
+    assert np.isfinite(xai["roc_auc"]).all() and (xai["mask_fraction"] > 0).all()
+    with pytest.raises(ConfigError, match="did you mean 'gradcam'"):
+        explain_run(out, ["gradcm"], progress=False, report=False)
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([*EXE.split(), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_configuration_errors_fail_fast_before_any_work(tmp_path):
+    from conftest import make_bids
+
+    bids = make_bids(tmp_path / "bids", {f"sub-{i:02d}": str(20 + i) for i in range(12)})
+    for text, hint in (
+        ("train: {epocs: 3}\n", "did you mean 'epochs'"),
+        ("train: {epochs: sixty}\n", "'train.epochs'"),
+        ("explain: {params: {occlussion: {window: 4}}}\n", "did you mean 'occlusion'"),
+    ):
+        (tmp_path / "c.yaml").write_text(text)
+        t0 = time.perf_counter()
+        proc = _cli("run", "--bids", str(bids), "--out", str(tmp_path / "o"), "--config",
+                    str(tmp_path / "c.yaml"))  # fmt: skip
+        assert time.perf_counter() - t0 < 15
+        assert proc.returncode == 2 and hint in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "o" / "preproc").exists()
+    proc = _cli("run", "--bids", str(bids), "--out", str(tmp_path / "o"), "--methods", "lrp,gradcm")
+    assert proc.returncode == 2 and "did you mean 'gradcam'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["--bid", "x"], "No such option: --bid"),
+        (["rn"], "Did you mean 'run'"),
+        (["run"], "Missing option '--out'"),
+        (["simulate", "--out", "x", "--n-subjects", "abc"], "'--n-subjects'"),
+        (["explain"], "Missing option '--run'"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(args, hint):
+    proc = _cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert hint in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_help_and_config_show():
+    proc = _cli("-h")
+    assert proc.returncode == 0 and "preprocess" in proc.stdout and "evaluate" in proc.stdout
+    proc = _cli("config", "--show")
+    assert proc.returncode == 0
+    import yaml
+
+    shown = yaml.safe_load(proc.stdout)
+    assert shown == load_config().to_dict()
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "participants.tsv").write_text("participant_id\tage\nsub-1\t30\nsub-1\t40\n")
+    proc = _cli("run", "--bids", str(bids), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert "sub-1" in proc.stderr and "appears more than once" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(tiny_run, tmp_path):
+    """SIGKILL a real `brainage run` during training, rerun, compare with the uninterrupted run."""
+    import signal
+
+    import yaml
+
+    root, bids, cfg, _ = tiny_run
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    out = tmp_path / "out"
+    cmd = [*EXE.split(), "run", "--bids", str(bids), "--out", str(out), "--config",
+           str(tmp_path / "c.yaml"), "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "records" / "train" / "seed-0.json"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert first.exists(), "the run never finished its first base model"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "predictions.tsv").exists()
+    stamp = (out / "models" / "seed-0" / "model.pt").stat().st_mtime_ns
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "models" / "seed-0" / "model.pt").stat().st_mtime_ns == stamp
+    assert not [p for p in out.rglob(".*.tmp*")], "temporary files left behind"
+    # the same models and predictions as the uninterrupted run (to float precision: a model
+    # resumed from its checkpoint continues the same optimisation, not bit for bit)
+    resumed = pd.read_csv(out / "predictions.tsv", sep="\t")
+    reference = pd.read_csv(root / "out" / "predictions.tsv", sep="\t")
+    assert list(resumed["participant_id"]) == list(reference["participant_id"])
+    np.testing.assert_allclose(resumed["brain_age"], reference["brain_age"], atol=0.1)

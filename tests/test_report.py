@@ -216,7 +216,7 @@ def make_fake_run(out, full=True, seed=0, n=60, atlases=None, res=4, evaluation=
         )
     _write_tsv(out / "preproc" / "qc.tsv", pd.DataFrame(qc_rows))
     # training logs
-    for cond in ("augmented",):
+    for _cond in ("augmented",):
         for s in seeds:
             ep = np.arange(1, 31)
             val = 8 + 25 * np.exp(-ep / (6 + rng.uniform(0, 3))) + rng.normal(0, 0.4, ep.size)

@@ -8,8 +8,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
-from brainage.io.layout import label
 from test_report import (
     LESION_ROWS,
     TRUTH_PEAK_K,
@@ -20,6 +18,7 @@ from test_report import (
     truth_mask,
 )
 
+from brainage.io.layout import label
 from brainage.report import make_figures as mf
 from brainage.report import read_run_folder, write_report
 from brainage.space import template_grid

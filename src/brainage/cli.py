@@ -117,7 +117,7 @@ def run(
 
 
 def _stage_command(stage: str, doc: str):
-    """A command that brings one stage (and whatever upstream is stale) up to date."""
+    """Build a command that brings one stage (and whatever upstream is stale) up to date."""
 
     def command(
         out: OutOpt,
@@ -175,7 +175,7 @@ def predict(
 
 
 def _run_command(stage: str, doc: str, with_methods: bool = False):
-    """A command on an existing run folder (``--run DIR``)."""
+    """Build a command on an existing run folder (``--run DIR``)."""
 
     def command(run: RunOpt, quiet: QuietOpt = False) -> None:
         from brainage.workflow import run_stages
@@ -190,7 +190,8 @@ def _run_command(stage: str, doc: str, with_methods: bool = False):
             typer.Option("--methods", help="Comma-separated methods (default: the run's)."),
         ] = None,
         subjects: Annotated[
-            str | None, typer.Option("--subjects", help="test | heldout | all (default: the run's).")
+            str | None,
+            typer.Option("--subjects", help="test | heldout | all (default: the run's)."),
         ] = None,
         quiet: QuietOpt = False,
     ) -> None:
@@ -286,7 +287,7 @@ def show_config(
 
 
 def _click_exceptions():
-    """The click exception module typer uses (typer ≥ 0.22 vendors click as ``typer._click``)."""
+    """Return the click exceptions typer uses (typer ≥ 0.22 vendors click: ``typer._click``)."""
     try:
         from typer._click import exceptions
     except ImportError:  # pragma: no cover - older typer with the click package

@@ -183,7 +183,7 @@ class ExplainConfig(Section):
         return self
 
     def method_params(self, method: str) -> dict[str, Any]:
-        """The configured keyword parameters of ``method`` (a copy; may be empty)."""
+        """Return the configured keyword parameters of ``method`` (a copy; may be empty)."""
         return copy.deepcopy(self.params.get(method, {}))
 
 

@@ -129,7 +129,7 @@ class RunLayout:
         return self.root / "config.yaml"
 
     def file(self, name: str) -> Path:
-        """A run-level file by name (``"predictions.tsv"``, ``"splits.tsv"``, …)."""
+        """Return a run-level file by name (``"predictions.tsv"``, ``"splits.tsv"``, …)."""
         known = {
             "config.yaml",
             "provenance.json",
@@ -213,7 +213,7 @@ class RunLayout:
         return folder / f"{sub}_{self.space}_desc-{label(method)}_relevance.nii.gz"
 
     def population(self, method: str, kind: str = "mean") -> Path:
-        """Population map: ``kind="mean"`` (``stat-mean``) or ``"top10"`` (``desc-top10``)."""
+        """Return a population map path: ``kind="mean"`` (``stat-mean``) or ``"top10"``."""
         entity = {"mean": "stat-mean", "top10": "desc-top10"}.get(kind)
         if entity is None:
             raise ConfigError(f"'kind' must be 'mean' or 'top10'; got {kind!r}")
@@ -285,7 +285,7 @@ class RunLayout:
         return p if p.is_absolute() else self.root / p
 
     def method_of(self, path: str | Path, methods) -> str | None:
-        """The registered method name (among ``methods``) whose label a file name carries."""
+        """Return the registered method name (among ``methods``) whose label a file name carries."""
         ent = parse_entities(path)
         lab = ent.get("method") or ent.get("desc")
         for m in methods:

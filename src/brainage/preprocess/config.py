@@ -53,4 +53,3 @@ class PreprocessConfig(Section):
     intensity: Literal["minmax", "zscore"] = "minmax"
     n4_shrink_factor: Annotated[int, Field(ge=1)] = 4
     seed: Annotated[int, Field(ge=0)] = 0
-

@@ -255,14 +255,14 @@ def read_run_folder(out_dir) -> RunFolder:
 
 
 def _method(lab: str) -> str:
-    """Registered method name of a file-name label (``guidedbackprop`` → ``guided_backprop``)."""
+    """Return the method name of a file-name label (``guidedbackprop`` → ``guided_backprop``)."""
     from brainage.explain import list_methods
 
     return next((m for m in list_methods() if label(m) == lab), lab)
 
 
 def _atlas(lab: str) -> str:
-    """Registered atlas name of a file-name label (``harvardoxford`` → ``harvard_oxford``)."""
+    """Return the atlas name of a file-name label (``harvardoxford`` → ``harvard_oxford``)."""
     from brainage.atlas import available_atlases
 
     return next((a for a in available_atlases() if label(a) == lab), lab)

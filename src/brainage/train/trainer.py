@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -241,7 +241,7 @@ def train_model(
 def _fit(
     x_train, y_train, x_val, y_val, config, seed, out_dir, progress, meta_extra, device, ckpt_path
 ):  # fmt: skip
-    """The training loop of :func:`train_model` (torch's global generator already seeded)."""
+    """Run the training loop of :func:`train_model` (torch's global generator already seeded)."""
     y_train = np.asarray(y_train, dtype=np.float64)
     mean = float(y_train.mean())
     sd = float(y_train.std()) if config.standardize_targets else 1.0

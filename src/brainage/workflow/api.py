@@ -1,5 +1,6 @@
-"""Library entry points of the main job: :func:`run`, :func:`predict`, :func:`demo`,
-:func:`explain_run` and :func:`run_stages` (every CLI command is one of these calls).
+"""Library entry points of the main job (every CLI command is one of these calls).
+
+:func:`run`, :func:`predict`, :func:`demo`, :func:`explain_run` and :func:`run_stages`.
 """
 
 from __future__ import annotations
@@ -151,7 +152,14 @@ def _execute(ctx: RunContext, targets, stages, report_name="run") -> RunResult:
             & result.metrics["model"].isin(["ensemble", "ensemble_corrected"])
         ]
         for _, r in test.iterrows():
-            log.info("%s %s: MAE %.2f years, r = %.2f (n = %d)", r["split"], r["model"], r["mae"], r["r"], r["n"])
+            log.info(
+                "%s %s: MAE %.2f years, r = %.2f (n = %d)",
+                r["split"],
+                r["model"],
+                r["mae"],
+                r["r"],
+                r["n"],
+            )
     if ("report", "report") in ctx.records:
         result.report = ctx.record("report", "report").output(layout, "report")
         log.info("report: %s", result.report)
@@ -210,7 +218,7 @@ def _finished_run(run_dir, needed: tuple[str, ...]) -> RunLayout:
 
 
 def cohort_of_run(layout: RunLayout) -> Cohort:
-    """The cohort of a run folder, from its ``cohort.tsv`` (image paths as recorded)."""
+    """Return the cohort of a run folder, from its ``cohort.tsv`` (image paths as recorded)."""
     table = pd.read_csv(
         layout.file("cohort.tsv"), sep="\t", dtype={"participant_id": str}, na_values=["n/a"]
     )

@@ -1,4 +1,4 @@
-"""Progress of long work: a bar on a terminal, lines in the log otherwise (and always in the log)."""
+"""Progress of long work: a bar on a terminal, else lines in the log (always in the log file)."""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ class Record:
         return layout.absolute(self.outputs[name])
 
     def complete(self, layout: RunLayout) -> bool:
-        """True when every output file exists."""
+        """Return True when every output file exists."""
         return all(layout.absolute(p).exists() for p in self.outputs.values())
 
     def write(self, layout: RunLayout) -> Path:
@@ -112,7 +112,7 @@ class Record:
 
 
 def read_record(layout: RunLayout, stage: str, item: str) -> Record | None:
-    """The record of ``stage``/``item`` in a run folder, or None (missing or unreadable)."""
+    """Return the record of ``stage``/``item`` in a run folder, or None (missing or unreadable)."""
     path = layout.record(stage, item)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

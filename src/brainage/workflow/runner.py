@@ -150,9 +150,7 @@ class Runner:
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
             t0 = time.perf_counter()
-            results = stage.compute_batch(
-                self.ctx, [c[0] for c in chunk], [c[1] for c in chunk]
-            )
+            results = stage.compute_batch(self.ctx, [c[0] for c in chunk], [c[1] for c in chunk])
             seconds = (time.perf_counter() - t0) / len(chunk)
             failed = 0
             for (item, key, upstream), result in zip(chunk, results, strict=True):

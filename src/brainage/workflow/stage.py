@@ -121,7 +121,7 @@ class RunContext:
         )
 
     def record(self, stage: str, item: str):
-        """The finished record of ``stage``/``item`` (KeyError when it is not finished)."""
+        """Return the finished record of ``stage``/``item`` (KeyError when it is not finished)."""
         return self.records[(stage, item)]
 
     def stage_records(self, stage: str) -> dict:
@@ -130,7 +130,7 @@ class RunContext:
 
     # ------------------------------------------------------------------ shared inputs
     def volumes(self) -> tuple[np.ndarray, dict[str, int]]:
-        """The stacked model inputs and the row of each participant.
+        """Return the stacked model inputs and the row of each participant.
 
         Returns
         -------
@@ -185,7 +185,7 @@ class Stage:
         raise NotImplementedError
 
     def params(self, ctx: RunContext, item: str) -> dict[str, Any]:
-        """Configuration values the item depends on (JSON values)."""
+        """Return the configuration values the item depends on (JSON values)."""
         return {}
 
     def inputs(self, ctx: RunContext, item: str) -> dict[str, Any]:
@@ -219,7 +219,7 @@ class Stage:
         return out
 
     def finish(self, ctx: RunContext) -> None:
-        """Called after every item is finished (e.g. write a summary table from the records)."""
+        """Run after every item is finished (e.g. write a summary table from the records)."""
 
     def describe(self, item: str) -> str:
         """Short label of an item for progress and messages."""
@@ -227,7 +227,7 @@ class Stage:
 
 
 def subject_of(item: str) -> str:
-    """The participant id of a ``"<name>/<participant_id>"`` item."""
+    """Return the participant id of a ``"<name>/<participant_id>"`` item."""
     return item.split("/", 1)[1]
 
 

@@ -1,5 +1,4 @@
-"""Stages ``truth`` (ground-truth masks of simulated subjects on the model grid) and ``evaluate``
-(scores of each explanation method, METHODS §11).
+"""Stages ``truth`` (ground-truth masks on the model grid) and ``evaluate`` (METHODS §11).
 
 ``evaluate`` has one item per method: the cascading model-randomisation check (Adebayo et al.
 2018), the agreement of the base models' maps (top-1 % Dice), and — on simulated cohorts — the
@@ -94,7 +93,9 @@ class EvaluateStage(Stage):
 
     def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
         pids = explained_subjects(ctx)
-        deps = [("explain", f"{item}/{p}") for p in pids if ("explain", f"{item}/{p}") in ctx.records]
+        deps = [
+            ("explain", f"{item}/{p}") for p in pids if ("explain", f"{item}/{p}") in ctx.records
+        ]
         deps += [("train", i) for i in sorted(ctx.stage_records("train"))]
         deps += [("truth", p) for p in pids if ("truth", p) in ctx.records]
         if _uses_reference(ctx.config.explain.method_params(item)):
@@ -135,7 +136,9 @@ class EvaluateStage(Stage):
         outputs, values = {}, {}
         per_seed = []
         for name, _, _ in models:
-            maps = _read([ctx.record("explain", f"{method}/{p}").output(layout, name) for p in pids])
+            maps = _read(
+                [ctx.record("explain", f"{method}/{p}").output(layout, name) for p in pids]
+            )
             per_seed.append(normalise_maps(maps, brain).mean(axis=0))
         agreement = seed_agreement(per_seed, brain, ev.top_fraction) if len(per_seed) >= 2 else None
         randomisation = None
@@ -188,7 +191,9 @@ class EvaluateStage(Stage):
         from brainage.evaluate import write_xai_table
 
         layout = ctx.layout
-        recs = [ctx.records[(self.name, m)] for m in self.items(ctx) if (self.name, m) in ctx.records]
+        recs = [
+            ctx.records[(self.name, m)] for m in self.items(ctx) if (self.name, m) in ctx.records
+        ]
         if not recs:
             return
         rows = [pd.read_csv(r.output(layout, "xai"), sep="\t", na_values=["n/a"]) for r in recs]

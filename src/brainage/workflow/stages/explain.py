@@ -1,4 +1,4 @@
-"""Stages ``noise`` (3D U-Noise noise models, paper 002) and ``explain`` (relevance maps, METHODS §8).
+"""Stages ``noise`` (3D U-Noise noise models, paper 002) and ``explain`` (METHODS §8).
 
 ``explain`` has one item per method × subject (``"lrp/sub-01"``), computed in batches of
 ``explain.batch_size`` subjects. A map is keyed by the method's parameters and code
@@ -107,8 +107,7 @@ class ExplainStage(Stage):
     def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
         method, pid = item.split("/", 1)
         deps = [("train", i) for i in sorted(ctx.stage_records("train"))]
-        deps.append(("preprocess", pid))
-        deps.append(("volumes", "stack"))
+        deps.append(("preprocess", pid))  # the subject's input (not the whole stack)
         if _uses_reference(ctx.config.explain.method_params(method)):
             deps.append(("reference", "trainingmean"))
         if method == UNOISE:
@@ -185,7 +184,9 @@ class ExplainStage(Stage):
         return results
 
 
-def relevance_stack(ctx: RunContext, method: str, model: str = "ensemble") -> tuple[list, np.ndarray]:
+def relevance_stack(
+    ctx: RunContext, method: str, model: str = "ensemble"
+) -> tuple[list, np.ndarray]:
     """Explained subjects of ``method`` and their maps, shape (n, i, j, k), float32."""
     import nibabel as nib
 
@@ -200,7 +201,10 @@ def relevance_stack(ctx: RunContext, method: str, model: str = "ensemble") -> tu
     if not recs:
         return pids, np.zeros((0, *template_shape(ctx)), np.float32)
     stack = np.stack(
-        [np.asarray(nib.load(str(r.output(ctx.layout, model))).dataobj, np.float32) for _, r in recs]
+        [
+            np.asarray(nib.load(str(r.output(ctx.layout, model))).dataobj, np.float32)
+            for _, r in recs
+        ]
     )
     return pids, stack
 

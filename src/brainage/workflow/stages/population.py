@@ -1,5 +1,6 @@
-"""Stages ``population`` (population maps, one item per method) and ``regions`` (atlas tables,
-one item per method × atlas), METHODS §9.
+"""Stages ``population`` and ``regions`` (METHODS §9).
+
+Population maps have one item per method, atlas region tables one per method × atlas.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ class PopulationStage(Stage):
 
     def items(self, ctx: RunContext) -> list[str]:
         pids = set(explained_subjects(ctx))
-        done = {i.split("/", 1)[0] for i in ctx.stage_records("explain") if i.split("/", 1)[1] in pids}
+        done = {
+            i.split("/", 1)[0] for i in ctx.stage_records("explain") if i.split("/", 1)[1] in pids
+        }
         return [m for m in ctx.config.explain.methods if m in done]
 
     def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:

@@ -68,7 +68,7 @@ def prediction_table(participant_ids, ages, base, brain_age, correction, split, 
 
 
 def load_models(ctx: RunContext):
-    """The base models in use, their metadata and names (``seed-<n>``), in seed order."""
+    """Return the base models in use, their metadata and names (``seed-<n>``), in seed order."""
     from brainage.train import load_model
 
     out = []
@@ -113,8 +113,8 @@ class PredictStage(Stage):
         return ctx.config.seed
 
     def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
-        from brainage.utils import select_device
         from brainage.train import predict_volumes
+        from brainage.utils import select_device
 
         layout = ctx.layout
         x, rows = ctx.volumes()
@@ -123,7 +123,9 @@ class PredictStage(Stage):
         models = load_models(ctx)
         device = select_device(ctx.config.train.device)
         names = [name for name, _, _ in models]
-        base = np.column_stack([predict_volumes(m.to(device), x, device=device) for _, m, _ in models])
+        base = np.column_stack(
+            [predict_volumes(m.to(device), x, device=device) for _, m, _ in models]
+        )
         all_ages = ctx.ages()
         ages = np.array([all_ages[p] for p in pids], float)
         split = np.array([ctx.split_of()[p] for p in pids], dtype=object)

@@ -12,11 +12,11 @@ import pandas as pd
 from brainage.errors import InputError
 from brainage.io.atomic import write_tsv
 from brainage.io.cohort import failures_frame
-from brainage.utils import file_hash
-from brainage.workflow.stage import ItemResult, RunContext, Stage
 
 #: Bump when the preprocessing algorithm changes (every subject is redone).
 from brainage.preprocess.pipeline import PREPROC_VERSION  # noqa: E402
+from brainage.utils import file_hash
+from brainage.workflow.stage import ItemResult, RunContext, Stage
 
 
 class PreprocessStage(Stage):

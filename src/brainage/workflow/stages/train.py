@@ -127,7 +127,7 @@ class ReferenceStage(Stage):
 
 
 def load_reference(ctx: RunContext) -> np.ndarray:
-    """The reference (mean training) volume of the models in use, shape (1, i, j, k), float32."""
+    """Return the mean training volume of the models in use, shape (1, i, j, k), float32."""
     import nibabel as nib
 
     rec = ctx.record("reference", "trainingmean")
