@@ -41,7 +41,7 @@ def main() -> None:
         table["split"] = table["participant_id"].map(split).fillna("excluded")
     else:
         table["split"] = make_splits(
-            table, cfg["split"]["test_fraction"], cfg["split"]["validation_fraction"], cfg["seed"]
+            table, cfg.split.test_fraction, cfg.split.validation_fraction, cfg.seed
         ).to_numpy()
     vols = pd.read_csv(args.bids / "derivatives" / "dlmuse" / "volumes.tsv", sep="\t")
     data = table.merge(vols, on="participant_id")

@@ -89,7 +89,7 @@ def main() -> None:
     if args.run:
         print_stages(args.run)
     if not args.no_demo:
-        from brainage.pipeline import demo
+        from brainage.workflow import demo
 
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
