@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from brainage.errors import InputError
+from brainage.io.layout import RunLayout
 from brainage.report import make_figures as mf
 from brainage.report import metrics_from_predictions, read_run_folder, write_report
 from brainage.space import TEMPLATE_SPACE, template_array, template_grid
@@ -260,7 +261,7 @@ def make_fake_run(out, full=True, seed=0, n=60, atlases=None, res=4, evaluation=
                     "top10_fraction": [0.9, 0.5, 0.3, 0.0],
                 }
             )
-            _write_tsv(out / "regions" / f"method-{method}_atlas-toy_regions.tsv", rows)
+            _write_tsv(RunLayout(out, res).regions(method, "toy"), rows)
         else:
             from brainage.atlas import load_atlas, write_region_table
 

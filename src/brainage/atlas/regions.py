@@ -265,14 +265,19 @@ def region_table(stat_map, atlas: Atlas, mask=None, top_fraction: float = 0.10) 
 
 
 def regions_path(out_dir, method: str, atlas_name: str) -> Path:
-    """Path of a region table: ``OUT/regions/method-<m>_atlas-<a>_regions.tsv``."""
+    """Path of a region table: ``OUT/regions/method-<m>_atlas-<a>_regions.tsv``.
+
+    Built by :meth:`brainage.io.layout.RunLayout.regions` (``<m>``, ``<a>``: BIDS labels).
+    """
     for value, what in ((method, "method"), (atlas_name, "atlas_name")):
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", str(value)):
             raise ConfigError(
                 f"'{what}' must be letters, digits, '_' or '-' (it is used in a file name); "
                 f"got {value!r}"
             )
-    return Path(out_dir) / "regions" / f"method-{method}_atlas-{atlas_name}_regions.tsv"
+    from brainage.io.layout import RunLayout
+
+    return RunLayout(Path(out_dir)).regions(method, atlas_name)
 
 
 def write_region_table(

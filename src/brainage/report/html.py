@@ -705,7 +705,7 @@ def _pick_subjects(run: RunFolder, methods: list[str], n: int) -> list[str]:
 
 
 def _xai_figure(run: RunFolder, sanity: dict) -> dict | None:
-    from brainage.report.run_folder import _MAP_RE
+    from brainage.io.layout import parse_entities
 
     methods = [m for m in run.explained_methods if run.subject_maps.get(m)]
     if not methods:
@@ -729,8 +729,7 @@ def _xai_figure(run: RunFolder, sanity: dict) -> dict | None:
     first = next(
         run.subject_maps[m][s] for m in methods for s in subjects if s in run.subject_maps[m]
     )
-    match = _MAP_RE.match(first.name)
-    res = match["res"] if match else None
+    res = parse_entities(first).get("res")
     background, brain = _background(res), _brain_mask(res)
     fig = mf.methods_side_by_side_figure(
         maps,

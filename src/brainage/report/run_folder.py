@@ -8,26 +8,14 @@ is None; when it exists but cannot be read, its field is None and the reason is 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from brainage.ensemble import regression_metrics
 from brainage.errors import InputError
-from brainage.io.layout import label
-
-_POP_RE = re.compile(
-    r"^method-(?P<method>.+?)_space-(?P<space>[^_]+)_res-(?P<res>[^_]+)_"
-    r"(?P<kind>stat-mean|desc-top10)_relevance\.nii(\.gz)?$"
-)
-_REG_RE = re.compile(r"^method-(?P<method>.+?)_atlas-(?P<atlas>.+)_regions\.tsv$")
-_MAP_RE = re.compile(
-    r"^(?P<sub>sub-[^_]+)_(?:ses-[^_]+_)?space-(?P<space>[^_]+)_res-(?P<res>[^_]+)_"
-    r"desc-(?P<desc>[^_]+)_relevance\.nii(\.gz)?$"
-)
-_TRUTH_RE = re.compile(r"^(?P<sub>sub-[^_]+)(?:_[^_]+-[^_]+)*_desc-ageeffect_mask\.nii(\.gz)?$")
+from brainage.io.layout import label, parse_entities
 
 
 @dataclass
@@ -216,23 +204,24 @@ def read_run_folder(out_dir) -> RunFolder:
             run.training_logs[("default", log.parent.name)] = frame
 
     for path in sorted((root / "population").glob("method-*_relevance.nii*")):
-        m = _POP_RE.match(path.name)
-        if m is None:
+        e = parse_entities(path)  # the run layout's parser, not a pattern of our own
+        kind = "mean" if e.get("stat") == "mean" else "top10" if e.get("desc") == "top10" else None
+        if kind is None or "method" not in e or e.get("suffix") != "relevance":
             continue
-        entry = run.population.setdefault(_method(m["method"]), {})
-        entry["mean" if m["kind"] == "stat-mean" else "top10"] = path
-        entry.setdefault("res", m["res"])
-        entry.setdefault("space", m["space"])
+        entry = run.population.setdefault(_method(e["method"]), {})
+        entry[kind] = path
+        entry.setdefault("res", e.get("res", ""))
+        entry.setdefault("space", e.get("space", ""))
 
     for path in sorted((root / "regions").glob("method-*_atlas-*_regions.tsv")):
-        m = _REG_RE.match(path.name)
-        if m is None:
+        e = parse_entities(path)
+        if "method" not in e or "atlas" not in e or e.get("suffix") != "regions":
             continue
         table = _optional(
             run, path, lambda p: _require(read_tsv(p), ["region", "mean_relevance"], p)
         )
         if table is not None:
-            run.regions.setdefault(_method(m["method"]), {})[_atlas(m["atlas"])] = table
+            run.regions.setdefault(_method(e["method"]), {})[_atlas(e["atlas"])] = table
 
     evaluation = root / "evaluation"
     run.xai = _optional(run, evaluation / "xai.tsv", lambda p: _require(read_tsv(p), ["method"], p))
@@ -244,13 +233,13 @@ def read_run_folder(out_dir) -> RunFolder:
             continue
         method = _method(folder.name[len("method-") :])
         for path in sorted(folder.glob("sub-*_relevance.nii*")):
-            m = _MAP_RE.match(path.name)
-            if m is not None and m["desc"] == label(method):
-                run.subject_maps.setdefault(method, {})[m["sub"]] = path
+            e = parse_entities(path)
+            if e.get("desc") == label(method) and "sub" in e:
+                run.subject_maps.setdefault(method, {})[f"sub-{e['sub']}"] = path
     for path in sorted((evaluation / "truth").glob("sub-*_desc-ageeffect_mask.nii*")):
-        m = _TRUTH_RE.match(path.name)
-        if m is not None:
-            run.truth.setdefault(m["sub"], path)
+        e = parse_entities(path)
+        if "sub" in e and e.get("suffix") == "mask":
+            run.truth.setdefault(f"sub-{e['sub']}", path)
     return run
 
 
@@ -271,6 +260,9 @@ def _atlas(lab: str) -> str:
 def metrics_from_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
     """Compute ``metrics.tsv``-like rows from ``predictions.tsv`` (subjects with known age).
 
+    Only for run folders without ``metrics.tsv``; the scores are those of the predict stage
+    (:func:`brainage.ensemble.regression_metrics`).
+
     Parameters
     ----------
     predictions : pandas.DataFrame
@@ -290,25 +282,10 @@ def metrics_from_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
         if model is None:
             continue
         for split, part in known.groupby("split", sort=False):
-            ok = part[col].notna()
-            y, p = part.loc[ok, "age"].to_numpy(float), part.loc[ok, col].to_numpy(float)
-            if len(y) == 0:
+            scores = regression_metrics(part["age"], part[col])  # the predict stage's rule
+            if scores["n"] == 0:
                 continue
-            r = (
-                float(np.corrcoef(y, p)[0, 1])
-                if len(y) > 2 and y.std() > 0 and p.std() > 0
-                else np.nan
-            )
-            rows.append(
-                {
-                    "model": model,
-                    "split": split,
-                    "n": len(y),
-                    "mae": float(np.mean(np.abs(p - y))),
-                    "r": r,
-                    "rmse": float(np.sqrt(np.mean((p - y) ** 2))),
-                }
-            )
+            rows.append({"model": model, "split": split, **scores})
     return pd.DataFrame(rows, columns=["model", "split", "n", "mae", "r", "rmse"])
 
 
