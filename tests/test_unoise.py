@@ -243,7 +243,7 @@ def test_validation_selects_best_epoch_and_target_prediction_needs_no_ages():
     assert all(np.isfinite(h["val_mae_noisy"]) for h in hist)
 
 
-def test_save_reload_and_cache(tmp_path):
+def test_save_reload_and_hash(tmp_path):
     x, y = _cohort(4)
     f = CubeMean()
     path = tmp_path / "unoise" / "noise_model.pt"
@@ -257,19 +257,14 @@ def test_save_reload_and_cache(tmp_path):
     blob = torch.load(path, map_location="cpu", weights_only=True)  # nothing unpickled
     assert set(blob) == {"state_dict", "metadata"} and blob["metadata"]["hash"] == a.hash
     np.testing.assert_array_equal(U.unoise_importance(loaded, x), U.unoise_importance(a, x))
-    calls.clear()  # same inputs and parameters: loaded, not retrained
-    b = U.fit_unoise(f, x, y, out_path=path, progress=lambda *args: calls.append(args), **kw)
-    assert calls == []
-    np.testing.assert_array_equal(U.unoise_importance(b, x), U.unoise_importance(a, x))
-    # another parameter, or another predictor, retrains and overwrites
-    U.fit_unoise(f, x, y, out_path=path, r=0.2, progress=lambda *args: calls.append(args), **kw)
-    assert len(calls) == 2
+    # the hash names predictor, data and parameters: another parameter or predictor changes it
+    b = U.fit_unoise(f, x, y, out_path=path, r=0.2, **kw)
     g = CubeMean()
     with torch.no_grad():
         g.w.mul_(1.0001)
-    calls.clear()
-    U.fit_unoise(g, x, y, out_path=path, r=0.2, progress=lambda *args: calls.append(args), **kw)
-    assert len(calls) == 2
+    c = U.fit_unoise(g, x, y, out_path=path, r=0.2, **kw)
+    assert len({a.hash, b.hash, c.hash}) == 3
+    assert json.loads(path.with_suffix(".json").read_text())["hash"] == c.hash
 
 
 # ------------------------------------------------------------------------- method and errors

@@ -380,32 +380,12 @@ def _iter_dask(call, items, n_jobs: int, address, cluster_kwargs):
 
 
 def _with_progress(outcomes, total: int, description: str, enabled: bool):
-    if not enabled:
-        yield from outcomes
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from brainage.parallel.progress import StageProgress
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("failed {task.fields[failed]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    failed = 0
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task(description, total=total, failed=0)
+    bar = StageProgress(description, total, enabled)
+    try:
         for item, outcome in outcomes:
-            failed += isinstance(outcome, BaseException)
-            bar.update(task, advance=1, failed=failed)
+            bar.advance(1, failed=int(isinstance(outcome, BaseException)))
             yield item, outcome
+    finally:
+        bar.close()

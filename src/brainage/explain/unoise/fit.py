@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from brainage.explain.unoise.network import NORMS
 from brainage.explain.unoise.noise_model import (
     UNoiseModel,
     as_cpu_batch,
-    load_unoise,
     predictor_fingerprint,
     tensor_hash,
 )
@@ -101,9 +99,9 @@ def fit_unoise(
         (bit-identical on the CPU; on CUDA up to the non-determinism of cuDNN kernels). Global
         random state is left untouched.
     out_path : str or Path, optional
-        ``.pt`` file to save the model to (plus a ``.json`` with the metadata). If it already
-        holds a model with the same hash (predictor, data, all parameters), that model is
-        loaded and returned without training.
+        ``.pt`` file to save the model to (plus a ``.json`` with the metadata, whose ``hash``
+        identifies predictor, data and parameters). The model is always trained: skipping
+        finished work is the stage engine's job (its ``noise`` stage).
     progress : callable, optional
         Called as ``progress(stage, epoch, n_epochs, metrics)`` after every epoch, ``stage`` in
         {"pretrain", "noise"}, ``metrics`` a dict of floats.
@@ -205,14 +203,6 @@ def fit_unoise(
 
     if out_path is not None:
         out_path = Path(out_path)
-        if out_path.is_file():
-            try:
-                cached = load_unoise(out_path, device=device)
-            except InputError as exc:
-                warnings.warn(f"{exc}; retraining", stacklevel=2)
-            else:
-                if cached.hash == run_hash:
-                    return cached
 
     train_params = dict(params)
     if params["noise_scale"] == "calibrated":
