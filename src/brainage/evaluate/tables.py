@@ -178,4 +178,6 @@ def write_xai_table(table: pd.DataFrame, out_dir) -> Path:
         raise InputError(
             "'table' must be a DataFrame with a 'method' column (see evaluate_explanations)"
         )
-    return write_tsv(Path(out_dir) / "evaluation" / "xai.tsv", table)
+    from brainage.io.layout import RunLayout
+
+    return write_tsv(RunLayout(Path(out_dir)).xai_table, table)

@@ -239,6 +239,18 @@ class RunLayout:
         return self.root / "evaluation" / f"method-{label(method)}_lesions.json"
 
     @property
+    def lesion_subjects(self) -> Path:
+        """``OUT/evaluation/lesions_subjects.tsv``: per-subject rows of the lesion test."""
+        return self.root / "evaluation" / "lesions_subjects.tsv"
+
+    def folder(self, name: str) -> Path:
+        """Return a top-level folder of the run: ``explain``, ``population``, ``regions``, …."""
+        known = ("preproc", "models", "explain", "population", "regions", "evaluation", "records")
+        if name not in known:
+            raise ConfigError(f"no run folder {name!r}; known: {', '.join(known)}")
+        return self.root / name
+
+    @property
     def lesion_table(self) -> Path:
         """``OUT/evaluation/lesions.tsv``."""
         return self.root / "evaluation" / "lesions.tsv"

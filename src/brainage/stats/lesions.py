@@ -208,9 +208,11 @@ def write_lesion_table(results, out_dir) -> Path:
             raise TypeError(f"'results[{method!r}]' is not a lesion_relevance_test result")
         summaries.append({"method": method, **{key: res[key] for key in SUMMARY_FIELDS}})
         subject_tables.append(res["subjects"].assign(method=method))
-    folder = Path(out_dir) / "evaluation"
+    from brainage.io.layout import RunLayout
+
+    layout = RunLayout(Path(out_dir))
     subjects = pd.concat(subject_tables, ignore_index=True)
     subjects = subjects[["method", *[c for c in subjects.columns if c != "method"]]]
-    write_tsv(folder / "lesions_subjects.tsv", subjects)
-    path = write_tsv(folder / "lesions.tsv", pd.DataFrame(summaries))
+    write_tsv(layout.lesion_subjects, subjects)
+    path = write_tsv(layout.lesion_table, pd.DataFrame(summaries))
     return path

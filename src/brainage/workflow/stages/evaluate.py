@@ -208,5 +208,5 @@ class EvaluateStage(Stage):
         if summaries:
             subj = pd.concat(subjects, ignore_index=True)
             subj = subj[["method", *[c for c in subj.columns if c != "method"]]]
-            write_tsv(layout.root / "evaluation" / "lesions_subjects.tsv", subj)
+            write_tsv(layout.lesion_subjects, subj)
             write_tsv(layout.lesion_table, pd.DataFrame(summaries))
