@@ -1,0 +1,265 @@
+"""Plots of the report: histograms, predicted vs chronological age, training curves, bars.
+
+The histograms show age by split and registration quality; the bars, regions by relevance.
+Every ``*_figure`` function returns a :class:`matplotlib.figure.Figure` built without pyplot; turn
+it into an embeddable URI with :func:`brainage.report.figures_common.figure_to_data_uri`.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from brainage.report.figures_common import (
+    SPLIT_ORDER,
+    _natural_key,
+    _ordered_splits,
+    _split_color,
+    _style,
+)
+
+
+def age_histogram_figure(cohort: pd.DataFrame, bins: int = 20) -> Figure:
+    """Stacked histogram of chronological age by split.
+
+    Parameters
+    ----------
+    cohort : pandas.DataFrame
+        Columns ``age`` (years, NaN = unknown) and ``split``.
+    bins : int
+        Number of bins over the age range.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(6.4, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    known = cohort[cohort["age"].notna()]
+    if len(known):
+        edges = np.histogram_bin_edges(known["age"].to_numpy(float), bins=bins)
+        splits = _ordered_splits(known["split"]) if "split" in known else ["all"]
+        data = [
+            known.loc[known["split"].astype(str) == s, "age"].to_numpy(float)
+            if "split" in known
+            else known["age"].to_numpy(float)
+            for s in splits
+        ]
+        ax.hist(
+            data,
+            bins=edges,
+            stacked=True,
+            color=[_split_color(s) for s in splits],
+            label=[f"{s} (n={len(d)})" for s, d in zip(splits, data, strict=True)],
+            edgecolor="white",
+            linewidth=0.6,
+        )
+        ax.legend(frameon=False, fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_xlabel("chronological age (years)")
+    ax.set_ylabel("subjects")
+    _style(ax)
+    fig.tight_layout()
+    return fig
+
+
+def _mae(pred, age) -> float:
+    return float(np.mean(np.abs(np.asarray(pred, float) - np.asarray(age, float))))
+
+
+def scatter_axes(
+    ax, predictions: pd.DataFrame, column: str, splits=("validation", "test"), lims=None
+):
+    """Draw predicted vs chronological age on ``ax``, coloured by split, with the identity line.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    predictions : pandas.DataFrame
+        Columns ``age``, ``split`` and ``column`` (years).
+    column : str
+        The prediction column to plot, e.g. ``"brain_age"``.
+    splits : sequence of str
+        Splits to show (subjects without age are skipped).
+    lims : (float, float), optional
+        Common axis limits in years.
+    """
+    df = predictions[predictions["age"].notna() & predictions[column].notna()]
+    df = df[df["split"].astype(str).isin(splits)]
+    for s in [s for s in SPLIT_ORDER if s in splits] + [s for s in splits if s not in SPLIT_ORDER]:
+        part = df[df["split"].astype(str) == s]
+        if not len(part):
+            continue
+        ax.scatter(
+            part["age"],
+            part[column],
+            s=22,
+            alpha=0.8,
+            color=_split_color(s),
+            edgecolor="white",
+            linewidth=0.4,
+            label=f"{s}: n={len(part)}, MAE {_mae(part[column], part['age']):.2f} y",
+        )
+    if lims is None and len(df):
+        vals = np.concatenate([df["age"].to_numpy(float), df[column].to_numpy(float)])
+        pad = 0.05 * (vals.max() - vals.min() + 1)
+        lims = (vals.min() - pad, vals.max() + pad)
+    if lims is not None:
+        ax.plot(lims, lims, color="#444444", linestyle="--", linewidth=1, label="identity")
+        ax.set_xlim(lims)
+        ax.set_ylim(lims)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("chronological age (years)")
+    ax.set_ylabel(f"{column} (years)")
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    _style(ax)
+
+
+def predicted_vs_age_figure(
+    predictions: pd.DataFrame,
+    columns=("brain_age", "brain_age_corrected"),
+    titles=("before bias correction", "after bias correction"),
+    splits=("validation", "test"),
+) -> Figure:
+    """Side-by-side scatter plots of predicted vs chronological age (same axis limits).
+
+    Parameters
+    ----------
+    predictions : pandas.DataFrame
+        ``predictions.tsv``: ``age``, ``split`` and the prediction columns (years).
+    columns : sequence of str
+        Prediction columns, one panel each; missing columns are skipped.
+    titles : sequence of str
+        Panel titles, aligned with ``columns``.
+    splits : sequence of str
+        Splits to show.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    cols = [(c, t) for c, t in zip(columns, titles, strict=False) if c in predictions.columns]
+    fig = Figure(figsize=(5.2 * max(1, len(cols)), 5.0))
+    rows = predictions[predictions["age"].notna() & predictions["split"].astype(str).isin(splits)]
+    vals = [rows["age"].to_numpy(float)] + [rows[c].dropna().to_numpy(float) for c, _ in cols]
+    vals = np.concatenate(vals) if len(rows) else np.array([0.0, 100.0])
+    pad = 0.05 * (vals.max() - vals.min() + 1)
+    lims = (vals.min() - pad, vals.max() + pad)
+    for i, (c, t) in enumerate(cols):
+        ax = fig.add_subplot(1, len(cols), i + 1)
+        scatter_axes(ax, predictions, c, splits=splits, lims=lims)
+        ax.set_title(f"{c} — {t}", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(logs: dict, metric: str = "val_mae") -> Figure:
+    """Plot validation MAE per epoch: one line per seed, one panel per condition.
+
+    Parameters
+    ----------
+    logs : dict of (str, str) to pandas.DataFrame
+        ``(condition, seed) → training_log.tsv`` with columns ``epoch`` and ``metric``
+        (and optionally ``train_mae``, drawn dotted).
+    metric : str
+        Column to plot (years).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    conditions = sorted({c for c, _ in logs})
+    n = max(1, len(conditions))
+    ncol = min(n, 3)
+    nrow = int(np.ceil(n / ncol))
+    fig = Figure(figsize=(4.6 * ncol + 0.6, 3.4 * nrow))
+    cmap = matplotlib.colormaps["tab10"]
+    for i, cond in enumerate(conditions):
+        ax = fig.add_subplot(nrow, ncol, i + 1)
+        seeds = sorted((s for c, s in logs if c == cond), key=_natural_key)
+        for j, seed in enumerate(seeds):
+            log = logs[(cond, seed)]
+            color = cmap(j % 10)
+            if metric in log:
+                ax.plot(log["epoch"], log[metric], color=color, linewidth=1.4, label=seed)
+            if "train_mae" in log and metric != "train_mae":
+                ax.plot(log["epoch"], log["train_mae"], color=color, linewidth=0.9, linestyle=":")
+        ax.set_title(cond, fontsize=11)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("MAE (years)")
+        if len(seeds) <= 10:
+            ax.legend(
+                frameon=False,
+                fontsize=8,
+                title="solid: validation, dotted: train",
+                title_fontsize=7,
+            )
+        _style(ax)
+    fig.tight_layout()
+    return fig
+
+
+def region_bar_figure(table: pd.DataFrame, n: int = 15, title: str | None = None) -> Figure:
+    """Horizontal bar chart of the top-``n`` regions by mean relevance.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A region table (columns ``region``, ``mean_relevance``, optionally ``rank``).
+    n : int
+        Number of regions shown (highest mean relevance at the top).
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    top = table.sort_values("mean_relevance", ascending=False, kind="stable").head(n)
+    fig = Figure(figsize=(6.6, 0.28 * max(len(top), 3) + 1.0))
+    ax = fig.add_subplot(1, 1, 1)
+    names = [str(r).replace("_", " ") for r in top["region"]]
+    values = top["mean_relevance"].to_numpy(float)
+    colors = np.where(values >= 0, "#D55E00", "#0072B2")
+    ax.barh(np.arange(len(top)), values, color=colors, height=0.7)
+    ax.set_yticks(np.arange(len(top)))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="#444444", linewidth=0.8)
+    ax.set_xlabel("mean relevance in region")
+    if title:
+        ax.set_title(title, fontsize=10)
+    _style(ax)
+    ax.grid(False, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def qc_histogram_figure(values, worst=None) -> Figure:
+    """Histogram of registration quality with the worst subjects marked.
+
+    Parameters
+    ----------
+    values : array-like, shape (n_subjects,)
+        Registration quality (e.g. normalised cross-correlation with the template).
+    worst : array-like, optional
+        Values of the subjects shown in the gallery (drawn as ticks).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    fig = Figure(figsize=(6.0, 2.4))
+    ax = fig.add_subplot(1, 1, 1)
+    if values.size:
+        ax.hist(values, bins=min(30, max(5, values.size // 3)), color="#56B4E9", edgecolor="white")
+    if worst is not None:
+        for v in np.asarray(worst, dtype=float):
+            ax.axvline(v, color="#D55E00", linewidth=1, alpha=0.8)
+    ax.set_xlabel("registration quality (higher is better)")
+    ax.set_ylabel("subjects")
+    _style(ax)
+    fig.tight_layout()
+    return fig

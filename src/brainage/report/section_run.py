@@ -1,0 +1,111 @@
+"""Report sections on how the run went: registration QC, failures and provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from brainage.report import make_figures as mf
+from brainage.report.formatting import _flat, _is_number
+from brainage.report.run_folder import RunFolder
+
+#: Number of subjects in the QC gallery (lowest registration quality first).
+N_QC_GALLERY = 8
+#: Maximum number of failure rows listed.
+N_FAILURES_SHOWN = 200
+
+
+def _qc_section(run: RunFolder) -> dict | None:
+    qc = run.qc
+    if qc is None or qc.empty:
+        return None
+    qc = qc.copy()
+    qc["reg_quality"] = pd.to_numeric(qc["reg_quality"], errors="coerce")
+    worst = (
+        qc[qc["reg_quality"].notna()].sort_values("reg_quality", kind="stable").head(N_QC_GALLERY)
+    )
+    gallery = []
+    for rec in worst.to_dict("records"):
+        uri = None
+        png = rec.get("qc_png")
+        if isinstance(png, str) and png:
+            path = Path(png) if Path(png).is_absolute() else run.root / png
+            uri = mf.png_file_to_data_uri(path)
+        gallery.append({"pid": rec["participant_id"], "value": rec["reg_quality"], "uri": uri})
+    values = qc["reg_quality"].dropna()
+    return {
+        "n": len(qc),
+        "median": values.median() if len(values) else None,
+        "min": values.min() if len(values) else None,
+        "hist": mf.figure_to_data_uri(mf.qc_histogram_figure(values, worst["reg_quality"])),
+        "gallery": gallery,
+    }
+
+
+def _failures_section(run: RunFolder) -> dict | None:
+    if run.failures is None:
+        return None
+    frame = run.failures.fillna("n/a")
+    cols = [c for c in ("participant_id", "stage", "file", "error") if c in frame.columns]
+    cols += [c for c in frame.columns if c not in cols]
+    rows = [
+        [str(v) for v in rec] for rec in frame[cols].head(N_FAILURES_SHOWN).itertuples(index=False)
+    ]
+    by_stage = frame["stage"].value_counts().to_dict() if "stage" in frame else {}
+    return {
+        "n": len(frame),
+        "columns": cols,
+        "rows": rows,
+        "by_stage": by_stage,
+        "truncated": len(frame) > N_FAILURES_SHOWN,
+    }
+
+
+def _provenance_section(run: RunFolder) -> dict:
+    prov = run.provenance or {}
+    desc = run.description or {}
+    stages = prov.get("stage_seconds") or {}
+    total = sum(float(v) for v in stages.values() if _is_number(v))
+    stage_rows = [
+        {"stage": k, "seconds": float(v), "share": 100 * float(v) / total if total else None}
+        for k, v in stages.items()
+        if _is_number(v)
+    ]
+    seeds = prov.get("seeds")
+    if seeds is None:
+        seeds = (desc.get("brainage") or {}).get("seeds")
+    generated_by = desc.get("GeneratedBy") or []
+    return {
+        "available": bool(prov or desc or run.config_text),
+        "version": prov.get("version"),
+        "command": prov.get("command"),
+        "started": prov.get("started"),
+        "finished": prov.get("finished"),
+        "device": prov.get("device"),
+        "n_threads": prov.get("n_threads"),
+        "seeds": ", ".join(str(s) for s in seeds) if isinstance(seeds, (list, tuple)) else seeds,
+        "stages": stage_rows,
+        "total": total if stage_rows else None,
+        "config": run.config_text,
+        "generated_by": json.dumps(generated_by, indent=2) if generated_by else None,
+        "bids_version": desc.get("BIDSVersion"),
+        "extra": {
+            k: _flat(v)
+            for k, v in prov.items()
+            if k not in _PROV_KEYS and isinstance(v, (str, int, float, bool, dict, list))
+        },
+    }
+
+
+_PROV_KEYS = {
+    "version",
+    "command",
+    "started",
+    "finished",
+    "stage_seconds",
+    "seeds",
+    "device",
+    "n_threads",
+}
