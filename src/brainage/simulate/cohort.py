@@ -34,14 +34,10 @@ from brainage import __version__
 from brainage.errors import ConfigError, InputError
 from brainage.io import save_nifti, write_json, write_tsv
 from brainage.simulate._anatomy import _install, template_anatomy
-from brainage.simulate.phantom import (
-    MASK_NAMES,
-    _check_number,
-    _check_range,
-    check_contrasts,
-    make_phantom,
-    validate_phantom_params,
-)
+from brainage.simulate._checks import _check_number, _check_range
+from brainage.simulate.effects import MASK_NAMES
+from brainage.simulate.phantom import make_phantom, validate_phantom_params
+from brainage.simulate.synthesis import check_contrasts
 from brainage.space import TEMPLATE_SPACE, template_grid
 from brainage.utils import stable_hash
 

@@ -16,44 +16,67 @@ Each voxel holds partial-volume fractions of CSF, GM, WM and lesion, so every ef
 continuously with age even on a 4 mm grid. Images are the fractions times per-contrast tissue
 intensities (T1w also keeps the template's texture), times a smooth multiplicative bias field,
 with Rician noise; outside the brain they are 0 (skull-stripped, already in template space).
+
+This module assembles a phantom (:func:`make_phantom`, :class:`Phantom`); the age effects and
+their ground-truth masks live in :mod:`brainage.simulate.effects`, the deformation, bias field,
+tissue intensities and noise in :mod:`brainage.simulate.synthesis`.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from brainage.errors import ConfigError, did_you_mean
 from brainage.simulate._anatomy import template_anatomy
-from brainage.space import BOX_ORIGIN_MM, BOX_SIZE_MM, template_grid
+from brainage.simulate._checks import _check_number, _check_range
+from brainage.simulate.effects import (
+    ATROPHY_ONSET_AGE,
+    CORTEX_MAX_HULL_DEPTH_MM,
+    LESION_ONSET_AGE,
+    MASK_NAMES,
+    MIN_CHANGE,
+    REFERENCE_AGE,
+    _age_tissue,
+    _subject_curves,
+    cortical_thinning,
+    expected_lesion_count,
+    ventricle_growth,
+)
+from brainage.simulate.synthesis import (
+    CONTRASTS,
+    CONTROL_SPACING_MM,
+    TISSUE_INTENSITIES,
+    _bias,
+    _check_intensities,
+    _displacement,
+    _images,
+    _warp,
+    _young_tissue,
+    check_contrasts,
+)
+from brainage.space import template_grid
 
-#: Age (years) at which ventricle enlargement and cortical thinning start.
-ATROPHY_ONSET_AGE = 20.0
-#: Age (years) at which ``ventricle_growth_mm`` and ``cortical_thinning_mm`` are reached.
-REFERENCE_AGE = 85.0
-#: Age (years) before which no lesion appears.
-LESION_ONSET_AGE = 40.0
-#: A voxel belongs to a ground-truth mask when at least this fraction of its tissue changes.
-MIN_CHANGE = 0.05
-#: Cortical thinning acts only this deep (mm) below the surface of the template brain mask: the
-#: cortex, not the grey matter around the third ventricle and the basal cisterns.
-CORTEX_MAX_HULL_DEPTH_MM = 30.0
-#: Spacing (mm) of the control grid on which the random deformation and bias field are drawn;
-#: fixed in mm, so one seed gives the same anatomy at every resolution.
-CONTROL_SPACING_MM = 8.0
-
-#: Tissue intensities per contrast (T1w values are the MNI152 template's own tissue means).
-TISSUE_INTENSITIES = {
-    "T1w": {"csf": 0.28, "gm": 0.66, "wm": 0.88, "lesion": 0.45},
-    "FLAIR": {"csf": 0.10, "gm": 0.70, "wm": 0.50, "lesion": 1.00},
-}
-CONTRASTS = tuple(TISSUE_INTENSITIES)
-MASK_NAMES = ("brain", "ventricles", "cortex", "lesions", "ageeffect")
+__all__ = [
+    "ATROPHY_ONSET_AGE",
+    "CONTRASTS",
+    "CONTROL_SPACING_MM",
+    "CORTEX_MAX_HULL_DEPTH_MM",
+    "LESION_ONSET_AGE",
+    "MASK_NAMES",
+    "MIN_CHANGE",
+    "REFERENCE_AGE",
+    "TISSUE_INTENSITIES",
+    "Phantom",
+    "check_contrasts",
+    "cortical_thinning",
+    "expected_lesion_count",
+    "make_phantom",
+    "validate_phantom_params",
+    "ventricle_growth",
+]
 
 # Independent random streams of one phantom (SeedSequence spawn keys): the anatomy of a seed is
 # the same whatever the age, the contrasts or the lesion count.
@@ -140,91 +163,7 @@ class Phantom:
 
 
 # --------------------------------------------------------------------------------------------
-# effect sizes as functions of age
-
-
-def ventricle_growth(age: float, growth_mm: float = 3.0, exponent: float = 1.5) -> float:
-    """Distance (mm) the lateral ventricles have grown at ``age`` (years); 0 up to age 20."""
-    t = max(float(age) - ATROPHY_ONSET_AGE, 0.0) / (REFERENCE_AGE - ATROPHY_ONSET_AGE)
-    return float(growth_mm) * t ** float(exponent)
-
-
-def cortical_thinning(age: float, thinning_mm: float = 2.5) -> float:
-    """Depth (mm) of outer cortex turned into CSF at ``age`` (years); linear from age 20."""
-    t = max(float(age) - ATROPHY_ONSET_AGE, 0.0) / (REFERENCE_AGE - ATROPHY_ONSET_AGE)
-    return float(thinning_mm) * t
-
-
-def expected_lesion_count(age: float, lesion_rate: float = 0.03) -> float:
-    """Poisson mean of the lesion count at ``age`` (years): ``lesion_rate · (age − 40) ** 1.5``."""
-    return float(lesion_rate) * max(float(age) - LESION_ONSET_AGE, 0.0) ** 1.5
-
-
-# --------------------------------------------------------------------------------------------
-# validation
-
-
-def _check_number(name, value, low=None, high=None, integer=False):
-    ok_type = (
-        isinstance(value, (int, np.integer))
-        if integer
-        else isinstance(value, (int, float, np.integer, np.floating))
-    )
-    if isinstance(value, bool) or not ok_type or not math.isfinite(float(value)):
-        kind = "an integer" if integer else "a finite number"
-        raise ConfigError(f"'{name}' must be {kind}; got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ConfigError(f"'{name}' must be between {low} and {high}; got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _check_range(name, value, low, high):
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"'{name}' must be a pair (low, high); got {value!r}") from None
-    if not (low <= lo < hi <= high):
-        raise ConfigError(f"'{name}' must satisfy {low} <= low < high <= {high}; got {value!r}")
-    return lo, hi
-
-
-def check_contrasts(contrasts) -> tuple:
-    """Validate contrast names (case-insensitive) and return them canonical, e.g. ``("T1w",)``."""
-    if isinstance(contrasts, str):
-        contrasts = (contrasts,)
-    try:
-        contrasts = tuple(contrasts)
-    except TypeError:
-        raise ConfigError(f"'contrasts' must be a list of names; got {contrasts!r}") from None
-    canonical = {c.lower(): c for c in CONTRASTS}
-    out = []
-    for c in contrasts:
-        key = str(c).lower()
-        if key not in canonical:
-            raise ConfigError(f"unknown contrast {c!r}; {did_you_mean(str(c), CONTRASTS)}")
-        if canonical[key] not in out:
-            out.append(canonical[key])
-    if not out:
-        raise ConfigError("'contrasts' must name at least one contrast; got none")
-    return tuple(out)
-
-
-def _check_intensities(intensities):
-    table = {c: dict(v) for c, v in TISSUE_INTENSITIES.items()}
-    if intensities is None:
-        return table
-    if not isinstance(intensities, dict):
-        raise ConfigError(
-            f"'intensities' must be a dict contrast -> tissue -> value; got {intensities!r}"
-        )
-    for contrast, values in intensities.items():
-        name = check_contrasts((contrast,))[0]
-        for tissue, value in dict(values).items():
-            if tissue not in table[name]:
-                hint = did_you_mean(tissue, table[name])
-                raise ConfigError(f"unknown tissue {tissue!r} in 'intensities'; {hint}")
-            table[name][tissue] = _check_number(f"intensities[{contrast}][{tissue}]", value, 0, 10)
-    return table
+# parameters and the phantom
 
 
 def validate_phantom_params(**params) -> dict:
@@ -276,85 +215,6 @@ def validate_phantom_params(**params) -> dict:
     out["intensities"] = {c: table[c] for c in contrasts}
     out["age_range"] = list(_check_range("age_range", p["age_range"], 0.0, 130.0))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# random fields on the control grid (resolution-independent)
-
-
-def _control_shape():
-    return tuple(int(np.ceil(s / CONTROL_SPACING_MM)) + 1 for s in BOX_SIZE_MM)
-
-
-@functools.lru_cache(maxsize=16)
-def _control_weights(n_target: int, spacing_mm: float, n_control: int) -> np.ndarray:
-    """Cubic-spline interpolation matrix, shape (n_target, n_control), from the control grid.
-
-    Target voxel ``i`` lies at ``i · spacing_mm`` from the box origin, control point ``j`` at
-    ``j · CONTROL_SPACING_MM``; spline interpolation is linear and separable, so a 3D field is
-    interpolated by applying one such matrix per axis.
-    """
-    coords = np.arange(n_target, dtype=float)[None] * spacing_mm / CONTROL_SPACING_MM
-    eye = np.eye(n_control)
-    weights = np.stack(
-        [ndi.map_coordinates(eye[j], coords, order=3, mode="nearest") for j in range(n_control)],
-        axis=1,
-    )
-    weights.setflags(write=False)
-    return weights
-
-
-def _sample_control(field_, shape, spacing_mm):
-    """Interpolate a control-grid field onto the target grid ``shape`` (voxel size in mm)."""
-    mats = [_control_weights(n, spacing_mm, m) for n, m in zip(shape, field_.shape, strict=True)]
-    return np.einsum("ia,jb,kc,abc->ijk", *mats, field_, optimize=True).astype(np.float32)
-
-
-def _displacement(rng, shape, spacing_mm, amplitude_mm, smoothness_mm):
-    """Gaussian-smoothed random displacement (mm), shape (3, *shape), RMS length ``amplitude_mm``.
-
-    Drawn on the control grid (fixed in mm), so a seed gives the same field at every resolution.
-    """
-    noise = rng.standard_normal((3, *_control_shape()))
-    sigma = smoothness_mm / CONTROL_SPACING_MM
-    smooth = np.stack([ndi.gaussian_filter(n, sigma, mode="wrap") for n in noise])
-    rms = np.sqrt(np.mean(np.sum(smooth**2, axis=0)))
-    smooth *= amplitude_mm / max(rms, 1e-12)
-    return np.stack([_sample_control(c, shape, spacing_mm) for c in smooth])
-
-
-def _bias(rng, world, strength):
-    """Smooth multiplicative field ``exp(strength · p)``, p a random quadratic with max |p| = 1."""
-    centre = np.asarray(BOX_ORIGIN_MM) + np.asarray(BOX_SIZE_MM) / 2
-    half = np.asarray(BOX_SIZE_MM) / 2
-    x, y, z = ((world[i] - centre[i]) / half[i] for i in range(3))
-    terms = [x, y, z, x * x, y * y, z * z, x * y, x * z, y * z]
-    coef = rng.standard_normal(len(terms))
-    p = sum(c * t for c, t in zip(coef, terms, strict=True))
-    p = p - p.mean()
-    p = p / max(float(np.abs(p).max()), 1e-12)
-    return np.exp(strength * p).astype(np.float32)
-
-
-def _partial(level_mm, distance, voxel_mm):
-    """Fraction of a voxel (centre at ``distance`` mm) lying below ``level_mm``: a soft step."""
-    return np.clip((level_mm - distance) / voxel_mm + 0.5, 0.0, 1.0).astype(np.float32)
-
-
-def _eroded(thinning_mm, depth, voxel_mm):
-    """Fraction of the inside part of a voxel lying within ``thinning_mm`` of the outer surface.
-
-    ``depth`` is the voxel centre's depth below the surface (mm, negative outside). 0 for every
-    voxel when ``thinning_mm`` is 0; the outermost inside voxel (depth = voxel/2) loses
-    ``thinning_mm / voxel_mm`` of its grey matter.
-    """
-    outside = _partial(0.0, depth, voxel_mm)
-    within = _partial(thinning_mm, depth, voxel_mm) - outside
-    inside = 1.0 - outside
-    return np.where(inside > 1e-6, within / np.maximum(inside, 1e-6), 0.0).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------
 
 
 def make_phantom(
@@ -479,16 +339,12 @@ def make_phantom(
         age_range=age_range,
     )
     r = params["resolution_mm"]
-    contrasts = tuple(params["contrasts"])
-    rad_lo, rad_hi = params["lesion_radius_mm"]
-    table = params["intensities"]
     age_lo, age_hi = min(params["age_range"][0], age), max(params["age_range"][1], age)
 
     def stream(name):
         return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_STREAMS[name],)))
 
     anat = template_anatomy(r)
-    voxel_ml = r**3 / 1000.0
     world = anat.world_coordinates()
 
     # individual anatomy: backward warp of every template field
@@ -499,124 +355,40 @@ def make_phantom(
         params["deformation_mm"],
         params["deformation_smoothness_mm"],
     )
-    warped = world + disp
-    coords_t = (warped - np.asarray(BOX_ORIGIN_MM)[:, None, None, None]) / r
-    coords_a = (
-        warped - np.asarray(BOX_ORIGIN_MM)[:, None, None, None]
-    ) / anat.analysis_resolution_mm
+    on_target, on_analysis = _warp(anat, world + disp, r)
+    brain, gm0, wm0 = _young_tissue(on_target)
 
-    def on_target(name):
-        return ndi.map_coordinates(anat.fields[name], coords_t, order=1, mode="constant", cval=0.0)
-
-    def on_analysis(name):
-        return ndi.map_coordinates(anat.distances[name], coords_a, order=1, mode="nearest")
-
-    brain = on_target("mask") >= 0.5
-    gm0 = np.where(brain, np.clip(on_target("gm"), 0, 1), 0).astype(np.float32)
-    wm0 = np.where(brain, np.clip(on_target("wm"), 0, 1), 0).astype(np.float32)
-    scale = np.minimum(1.0, 1.0 / np.maximum(gm0 + wm0, 1e-6))
-    gm0, wm0 = gm0 * scale, wm0 * scale
-    vent_sd = on_analysis("ventricle")
-    depth = on_analysis("depth")
-
-    # individual effect rates
-    z = stream("effects").standard_normal(2)
-    vent_factor = max(1.0 + params["effect_sd"] * z[0], 0.0)
-    cortex_factor = max(1.0 + params["effect_sd"] * z[1], 0.0)
-
-    def growth(a):
-        return vent_factor * ventricle_growth(
-            a, params["ventricle_growth_mm"], params["ventricle_exponent"]
-        )
-
-    def thinning(a):
-        return cortex_factor * cortical_thinning(a, params["cortical_thinning_mm"])
-
-    # ventricles
-    tissue0 = gm0 + wm0
-    f_vent = np.where(brain, _partial(growth(age), vent_sd, r), 0)
-    gm1, wm1 = gm0 * (1 - f_vent), wm0 * (1 - f_vent)
-    vent_change = tissue0 * (
-        _partial(growth(age_hi), vent_sd, r) - _partial(growth(age_lo), vent_sd, r)
+    # individual effect rates and the three age effects
+    growth, thinning = _subject_curves(stream("effects"), params)
+    tissues, masks, unchanged, sizes = _age_tissue(
+        age,
+        (age_lo, age_hi),
+        growth,
+        thinning,
+        brain,
+        gm0,
+        wm0,
+        {name: on_analysis(name) for name in ("ventricle", "depth", "hull")},
+        r,
+        (stream("lesions"), params["lesion_rate"], params["lesion_radius_mm"])
+        if params["lesions"]
+        else None,
     )
-
-    # cortical thinning (GM only), restricted to the cortex: within CORTEX_MAX_HULL_DEPTH_MM of
-    # the brain's outer hull (excludes the third ventricle and the basal cisterns)
-    cortical = brain & (on_analysis("hull") <= CORTEX_MAX_HULL_DEPTH_MM)
-    erode = np.where(cortical, _eroded(thinning(age), depth, r), 0)
-    gm2 = gm1 * (1 - erode)
-    cortex_change = gm1 * np.where(
-        cortical, _eroded(thinning(age_hi), depth, r) - _eroded(thinning(age_lo), depth, r), 0
-    )
-
-    # lesions in periventricular / deep white matter
-    lesion_frac = np.zeros(anat.shape, dtype=np.float32)
-    n_lesions = 0
-    if params["lesions"]:
-        rng = stream("lesions")
-        n_lesions = int(rng.poisson(expected_lesion_count(age, params["lesion_rate"])))
-        grown = vent_sd - growth(age)
-        candidates = brain & (wm1 >= 0.5) & (depth >= 8.0) & (grown >= r / 2)
-        idx = np.flatnonzero(candidates)
-        if n_lesions and idx.size:
-            weight = wm1.ravel()[idx] * np.exp(-grown.ravel()[idx] / 15.0)
-            picks = rng.choice(idx, size=n_lesions, p=weight / weight.sum())
-            radii = rng.uniform(rad_lo, rad_hi, size=n_lesions)
-            jitter = rng.uniform(-0.5, 0.5, size=(n_lesions, 3))
-            for pick, radius, jit in zip(picks, radii, jitter, strict=True):
-                centre = np.array(np.unravel_index(pick, anat.shape), dtype=float) + jit
-                reach = (radius + r) / r
-                lo = np.maximum(np.floor(centre - reach).astype(int), 0)
-                hi = np.minimum(np.ceil(centre + reach).astype(int) + 1, anat.shape)
-                box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-                grid = np.indices(hi - lo, dtype=float) + lo[:, None, None, None]
-                dist = np.sqrt(np.sum((grid - centre[:, None, None, None]) ** 2, axis=0)) * r
-                lesion_frac[box] = np.maximum(lesion_frac[box], _partial(radius, dist, r))
-        elif n_lesions:
-            n_lesions = 0
-    les = wm1 * lesion_frac
-    wm2 = wm1 - les
-    csf2 = np.where(brain, np.clip(1 - gm2 - wm2 - les, 0, 1), 0)
-    tissues = {"csf": csf2, "gm": gm2, "wm": wm2, "lesion": les}
-    tissues = {k: v.astype(np.float32) for k, v in tissues.items()}
-
-    masks = {
-        "brain": brain,
-        "ventricles": brain & (vent_change >= MIN_CHANGE),
-        "cortex": brain & (cortex_change >= MIN_CHANGE),
-        "lesions": brain & (les >= MIN_CHANGE),
-    }
-    masks["ageeffect"] = masks["ventricles"] | masks["cortex"] | masks["lesions"]
 
     # images
-    unchanged = np.clip(1 - tissue0 * f_vent - gm1 * erode - les, 0, 1)
     texture_map = on_target("texture") * unchanged * params["texture"]
     bias = _bias(stream("bias"), world, params["bias_field"]) if params["bias_field"] > 0 else None
-    images, cortex_intensity = {}, {}
-    for contrast in contrasts:
-        mu = table[contrast]
-        clean = sum(mu[t] * tissues[t] for t in ("csf", "gm", "wm", "lesion"))
-        if contrast == "T1w":
-            clean = clean + texture_map
-        clean = np.where(brain, clean, 0).astype(np.float32)
-        cortex_intensity[contrast] = (
-            float(clean[masks["cortex"]].mean()) if masks["cortex"].any() else float("nan")
-        )
-        img = clean * bias if bias is not None else clean
-        if params["noise"] > 0:
-            rng = stream(contrast)
-            real = img + rng.normal(0.0, params["noise"], size=img.shape)
-            imag = rng.normal(0.0, params["noise"], size=img.shape)
-            img = np.sqrt(real**2 + imag**2)
-        images[contrast] = np.where(brain, img, 0).astype(np.float32)
-
-    # thickness proxy: cortical GM volume / outer surface area
-    parenchyma = brain & (depth > 0)
-    faces = sum(
-        int(np.count_nonzero(np.diff(parenchyma.astype(np.int8), axis=ax))) for ax in range(3)
+    images, cortex_intensity = _images(
+        tuple(params["contrasts"]),
+        params["intensities"],
+        tissues,
+        brain,
+        masks["cortex"],
+        texture_map,
+        bias,
+        params["noise"],
+        stream,
     )
-    area_mm2 = max(faces, 1) * r * r
-    thickness = float(gm2[masks["cortex"]].sum() * r**3 / area_mm2)
 
     return Phantom(
         images=images,
@@ -625,13 +397,9 @@ def make_phantom(
         age=age,
         affine=template_grid(r).affine,
         seed=seed,
-        lesion_count=n_lesions,
-        lesion_voxels=int(masks["lesions"].sum()),
-        lesion_volume_ml=float(les.sum() * voxel_ml),
-        ventricle_volume_ml=float(f_vent.sum() * voxel_ml),
         ventricle_growth_mm=float(growth(age)),
         cortical_thinning_mm=float(thinning(age)),
-        cortical_thickness_mm=thickness,
         cortex_intensity=cortex_intensity,
         params=params,
+        **sizes,
     )

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from brainage.errors import ConfigError, did_you_mean
-from brainage.simulate.phantom import _check_number, _check_range
+from brainage.simulate._checks import _check_number, _check_range
 
 #: Age (years) from which lesions appear.
 TORUS_LESION_ONSET_AGE = 40.0
