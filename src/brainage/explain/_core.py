@@ -92,7 +92,7 @@ def register_method(name: str, version: str = "1"):
     return deco
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def method_fingerprint(name: str) -> str:
     """Identity of a method's code: its version and the SHA-256 of its module's source.
 
