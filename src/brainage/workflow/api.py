@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,7 +123,8 @@ def _execute(ctx: RunContext, targets, stages, report_name="run") -> RunResult:
     log.info("cohort: %d subjects from %s (%d with age)", len(ctx.cohort), ctx.source, n_age)
     runner = Runner(ctx, stages, provided=MODEL_STAGES if ctx.mode == "apply" else ())
     t0 = time.perf_counter()
-    computed = runner.run(targets)
+    with _warnings_to_log():
+        computed = runner.run(targets)
     from brainage.workflow.stages.preprocess import write_failures
 
     write_failures(ctx)
@@ -164,6 +167,21 @@ def _execute(ctx: RunContext, targets, stages, report_name="run") -> RunResult:
         result.report = ctx.record("report", "report").output(layout, "report")
         log.info("report: %s", result.report)
     return result
+
+
+@contextlib.contextmanager
+def _warnings_to_log():
+    """Show Python warnings of the science code (e.g. the bias-correction guard) as log lines."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        log.warning("%s", message)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 def run(
