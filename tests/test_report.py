@@ -367,6 +367,10 @@ def test_report_shows_regions_bias_qc_failures_provenance(full_run):
     assert "registration diverged &lt;NCC 0.1&gt;" in html  # escaped
     assert "brainage run --bids /data/ixi --out OUT" in html
     assert "model: hofmann" in html and "2300.5" in html
+    # the region-table file named in the report is the one the run layout wrote
+    for method in ("guided_backprop", "lrp"):
+        path = RunLayout(full_run, 4).regions(method, "toy")
+        assert path.exists() and str(path.relative_to(full_run)) in html
 
 
 def test_report_with_only_predictions(tmp_path):

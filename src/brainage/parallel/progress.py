@@ -22,7 +22,7 @@ class StageProgress:
         Items to compute.
     enabled : bool
         Show a rich bar when stderr is a terminal; when it is not (a batch job, CI), log a line
-        every 10 % instead. Finished counts always go to the log.
+        at every 10 % (at most one each 5 s) and when the stage is done.
     """
 
     def __init__(self, description: str, total: int, enabled: bool = True) -> None:
@@ -32,6 +32,7 @@ class StageProgress:
         self.failed = 0
         self._t0 = time.perf_counter()
         self._next_log = 0.1
+        self._last_log = self._t0
         self._bar = None
         self._task = None
         self._tty = enabled and sys.stderr.isatty()
@@ -69,9 +70,12 @@ class StageProgress:
             self._bar.update(self._task, advance=n, status=status)
             return
         frac = self.done / max(self.total, 1)
-        if self._enabled and (frac >= self._next_log or self.done == self.total):
+        now = time.perf_counter()
+        step = frac >= self._next_log and now - self._last_log >= 5.0  # 10 %, at most every 5 s
+        if self._enabled and (step or self.done == self.total):
             while self._next_log <= frac:
                 self._next_log += 0.1
+            self._last_log = now
             msg = f"{self.description}: {self.done}/{self.total}"
             if self.failed:
                 msg += f" ({self.failed} failed)"

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from brainage.io.layout import RunLayout
 from brainage.report import make_figures as mf
 from brainage.report.run_folder import RunFolder
 from brainage.report.section_common import _background, _safe
@@ -93,6 +94,7 @@ def _methods_section(run: RunFolder) -> list[dict]:
                     "licence": info.get("licence"),
                     "citation": info.get("citation"),
                     "n_regions": len(table),
+                    "file": str(RunLayout(run.root).regions(method, atlas).relative_to(run.root)),
                     "bar": bar,
                     "rows": [
                         {
