@@ -321,10 +321,8 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(tiny_run, tmp_path):
-    """SIGKILL a real `brainage run` during training, rerun, compare with the uninterrupted run."""
-    import signal
-
+def _rerun_command(tiny_run, tmp_path):
+    """The CLI command that repeats the reference run of ``tiny_run`` in a new folder."""
     import yaml
 
     root, bids, cfg, _ = tiny_run
@@ -334,6 +332,14 @@ def test_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(tiny_run, tmp
            str(tmp_path / "c.yaml"), "--quiet"]  # fmt: skip
     # one thread, as in this test process (conftest): the same float sums as the reference run
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return root, cfg, out, cmd, env
+
+
+def test_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(tiny_run, tmp_path):
+    """SIGKILL a real `brainage run` during training, rerun, compare with the uninterrupted run."""
+    import signal
+
+    root, cfg, out, cmd, env = _rerun_command(tiny_run, tmp_path)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     first = out / "records" / "train" / "seed-0.json"
     deadline = time.time() + 300
@@ -354,3 +360,43 @@ def test_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(tiny_run, tmp
     assert not [p for p in out.rglob(".*.tmp*")], "temporary files left behind"
     # the outputs of the uninterrupted run, byte for byte
     assert (out / "predictions.tsv").read_bytes() == (root / "out" / "predictions.tsv").read_bytes()
+
+
+def test_killed_at_random_points_until_done_gives_the_uninterrupted_outputs(tiny_run, tmp_path):
+    """SIGKILL `brainage run` at seeded random times, again and again, until it finishes."""
+    import signal
+
+    root, cfg, out, cmd, env = _rerun_command(tiny_run, tmp_path)
+    rng = np.random.default_rng(7)
+    kills = 0
+    for _ in range(12):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            proc.wait(timeout=float(rng.uniform(3.0, 12.0)))
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0
+        break
+    else:
+        pytest.fail("the run never finished")
+    assert kills >= 2, "the run was not interrupted often enough to test anything"
+    assert not [p for p in out.rglob(".*.tmp*")], "temporary files left behind"
+    for name in ("predictions.tsv", "metrics.tsv", "splits.tsv"):
+        assert (out / name).read_bytes() == (root / "out" / name).read_bytes(), name
+    # maps and region tables too (other tests may add methods to the reference run later)
+    ref, new = result_layout(root / "out", cfg), result_layout(out, cfg)
+    pid = (
+        pd.read_csv(out / "splits.tsv", sep="\t").query("split == 'test'")["participant_id"].iloc[0]
+    )
+    for method in cfg.explain.methods:
+        a = np.asarray(nib.load(str(new.relevance(method, pid))).dataobj)
+        np.testing.assert_array_equal(
+            a, np.asarray(nib.load(str(ref.relevance(method, pid))).dataobj)
+        )
+        pd.testing.assert_frame_equal(
+            pd.read_csv(new.regions(method, "aal"), sep="\t"),
+            pd.read_csv(ref.regions(method, "aal"), sep="\t"),
+        )
