@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as ex:
         sys.exit(ex.exit_code)
     except exc.UsageError as err:
+        if not err.format_message().strip():  # plain `brainage`: the help was printed
+            sys.exit(0)
         err_console.print(f"[bold red]error:[/] {_usage_line(err)}")
         sys.exit(2)
     except exc.ClickException as err:

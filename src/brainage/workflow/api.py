@@ -228,7 +228,7 @@ def _finished_run(run_dir, needed: tuple[str, ...]) -> RunLayout:
         if not (root / name).exists():
             raise InputError(
                 f"{name} is missing: not a finished brainage run",
-                "give the --out folder of a completed `brainage run`",
+                "give the output folder of a completed `brainage run`",
                 path=root,
             )
     cfg = load_config(root / "config.yaml")
