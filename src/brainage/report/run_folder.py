@@ -149,7 +149,9 @@ def read_run_folder(out_dir) -> RunFolder:
     """
     root = Path(out_dir)
     if not root.is_dir():
-        raise InputError("run folder does not exist", "give the output folder of a run (--run DIR)", path=root)
+        raise InputError(
+            "run folder does not exist", "give the output folder of a run (--run DIR)", path=root
+        )
     pred_path = root / "predictions.tsv"
     if not pred_path.exists():
         raise InputError(
