@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from brainage.errors import BrainageError, InputError
+from brainage.errors import BrainageError
 from brainage.workflow.progress import StageProgress
 from brainage.workflow.records import Record, cache_key, read_record
 from brainage.workflow.stage import ItemResult, RunContext, Stage, tolerated_failure
@@ -212,4 +212,4 @@ def remove_stale_temporaries(root: Path) -> int:
     return len(stale)
 
 
-__all__ = ["Runner", "remove_stale_temporaries", "InputError"]
+__all__ = ["Runner", "remove_stale_temporaries"]

@@ -151,10 +151,6 @@ class RunContext:
             return np.zeros((0, *x.shape[1:]), np.float32)
         return np.asarray(x[np.asarray(idx)])
 
-    def model_seeds(self) -> list[int]:
-        """Seeds of the base models in use."""
-        return [int(r.seed) for _, r in sorted(self.stage_records("train").items())]
-
 
 class Stage:
     """Base class of every stage (see the module docstring).
@@ -220,10 +216,6 @@ class Stage:
 
     def finish(self, ctx: RunContext) -> None:
         """Run after every item is finished (e.g. write a summary table from the records)."""
-
-    def describe(self, item: str) -> str:
-        """Short label of an item for progress and messages."""
-        return item
 
 
 def subject_of(item: str) -> str:

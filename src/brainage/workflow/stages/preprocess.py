@@ -12,9 +12,7 @@ import pandas as pd
 from brainage.errors import InputError
 from brainage.io.atomic import write_tsv
 from brainage.io.cohort import failures_frame
-
-#: Bump when the preprocessing algorithm changes (every subject is redone).
-from brainage.preprocess.pipeline import PREPROC_VERSION  # noqa: E402
+from brainage.preprocess.pipeline import PREPROC_VERSION  # a new version redoes every subject
 from brainage.utils import file_hash
 from brainage.workflow.stage import ItemResult, RunContext, Stage
 
