@@ -205,8 +205,12 @@ def test_same_seed_gives_byte_identical_predictions(tmp_path):
     bids = simulate_cohort(tmp_path / "b", n_subjects=24, resolution_mm=4.0, seed=5, progress=False)
     cfg = tiny_config(explain={"methods": []}, ensemble={"n_seeds": 1})
     a = run(read_bids(bids), tmp_path / "a", cfg, progress=False, targets=["predict"])
-    b = run(read_bids(bids), tmp_path / "c", cfg, progress=False, targets=["predict"])
+    # the second with its caches elsewhere (--work-dir): results do not depend on it
+    b = run(read_bids(bids), tmp_path / "c", cfg, False, ["predict"], work_dir=tmp_path / "w")
     assert a.computed["train"] == b.computed["train"] == 1
+    assert (
+        list((tmp_path / "w").glob("volumes_res-4.npy")) and not (tmp_path / "c" / "work").exists()
+    )
     assert (tmp_path / "a" / "predictions.tsv").read_bytes() == (
         tmp_path / "c" / "predictions.tsv"
     ).read_bytes()

@@ -51,6 +51,10 @@ MethodsOpt = Annotated[
     str | None, typer.Option("--methods", help="Comma-separated explanation methods.")
 ]
 JobsOpt = Annotated[int | None, typer.Option("--n-jobs", help="Parallel workers.", min=1)]
+WorkOpt = Annotated[
+    Path | None,
+    typer.Option("--work-dir", help="Folder for deletable caches (default: OUT/work)."),
+]
 
 
 def _version(value: bool) -> None:
@@ -106,6 +110,7 @@ def run(
     methods: MethodsOpt = None,
     n_jobs: JobsOpt = None,
     participant_label: LabelOpt = None,
+    work_dir: WorkOpt = None,
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -113,7 +118,8 @@ def run(
     from brainage.workflow import run as run_all
 
     cfg = _config(config, methods, n_jobs, strict, seeds)
-    run_all(_cohort(bids, table, strict, participant_label), out, cfg, progress=not quiet)
+    cohort = _cohort(bids, table, strict, participant_label)
+    run_all(cohort, out, cfg, progress=not quiet, work_dir=work_dir)
 
 
 def _stage_command(stage: str, doc: str):
@@ -126,6 +132,7 @@ def _stage_command(stage: str, doc: str):
         config: ConfigOpt = None,
         n_jobs: JobsOpt = None,
         participant_label: LabelOpt = None,
+        work_dir: WorkOpt = None,
         strict: StrictOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
@@ -134,7 +141,7 @@ def _stage_command(stage: str, doc: str):
 
         cfg = _config(config, None, n_jobs, strict)
         cohort = _cohort(bids, table, strict, participant_label)
-        run_all(cohort, out, cfg, progress=not quiet, targets=TARGETS[stage])
+        run_all(cohort, out, cfg, progress=not quiet, targets=TARGETS[stage], work_dir=work_dir)
 
     command.__doc__ = doc
     command.__name__ = stage

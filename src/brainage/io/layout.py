@@ -114,13 +114,19 @@ class RunLayout:
         The run folder ``OUT`` (absolute).
     resolution_mm : float
         Grid of the model inputs and the relevance maps (``train.resolution_mm``).
+    work_dir : Path, optional
+        Folder for caches that can be deleted without losing results (``--work-dir``; e.g. a
+        fast local disk on a cluster node). Default ``OUT/work``.
     """
 
     root: Path
     resolution_mm: float = 4.0
+    work_dir: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+        if self.work_dir is not None:
+            object.__setattr__(self, "work_dir", Path(self.work_dir).expanduser().resolve())
 
     # ------------------------------------------------------------------ run-level files
     @property
@@ -276,8 +282,8 @@ class RunLayout:
 
     @property
     def work(self) -> Path:
-        """``OUT/work``: caches (e.g. the stacked model inputs) that can be deleted."""
-        return self.root / "work"
+        """Caches (stacked model inputs, training checkpoints) that can be deleted: ``OUT/work``."""
+        return self.work_dir if self.work_dir is not None else self.root / "work"
 
     def volumes(self) -> Path:
         """Stacked model inputs, shape (n, 1, i, j, k), float32 (``.npy``, memory-mapped)."""

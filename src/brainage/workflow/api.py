@@ -190,6 +190,7 @@ def run(
     config: Config | None = None,
     progress: bool = True,
     targets=("report",),
+    work_dir: str | Path | None = None,
 ) -> RunResult:
     """Run the whole pipeline (or up to ``targets``) on a cohort.
 
@@ -206,6 +207,8 @@ def run(
         Progress bars (and log lines on stderr).
     targets : sequence of str
         Stages to bring up to date, with everything upstream (default: all, up to the report).
+    work_dir : str or Path, optional
+        Folder for deletable caches (default ``out_dir/work``).
 
     Returns
     -------
@@ -217,7 +220,7 @@ def run(
         Too few usable subjects; with ``run.strict`` the first subject that fails.
     """
     cfg = config if config is not None else load_config()
-    layout = RunLayout(Path(out_dir), cfg.train.resolution_mm)
+    layout = RunLayout(Path(out_dir), cfg.train.resolution_mm, work_dir)
     ctx = _context(cohort, layout, cfg, progress)
     return _execute(ctx, list(targets), ALL_STAGES())
 
