@@ -181,8 +181,27 @@ def predict(
     predict_new(model, cohort, out, explain, progress=not quiet)
 
 
-def _run_command(stage: str, doc: str, with_methods: bool = False):
-    """Build a command on an existing run folder (``--run DIR``)."""
+@app.command()
+def explain(
+    run: RunOpt,
+    methods: Annotated[
+        str | None,
+        typer.Option("--methods", help="Comma-separated methods (default: the run's)."),
+    ] = None,
+    subjects: Annotated[
+        str | None,
+        typer.Option("--subjects", help="test | heldout | all (default: the run's)."),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Relevance maps of a run (its methods, or --methods), then maps, regions, report."""
+    from brainage.workflow import explain_run
+
+    explain_run(run, _split(methods), subjects, progress=not quiet)
+
+
+def _run_command(stage: str, doc: str):
+    """Build a command that brings one stage of an existing run (``--run DIR``) up to date."""
 
     def command(run: RunOpt, quiet: QuietOpt = False) -> None:
         from brainage.workflow import run_stages
@@ -190,35 +209,11 @@ def _run_command(stage: str, doc: str, with_methods: bool = False):
 
         run_stages(run, TARGETS[stage], progress=not quiet)
 
-    def command_methods(
-        run: RunOpt,
-        methods: Annotated[
-            str | None,
-            typer.Option("--methods", help="Comma-separated methods (default: the run's)."),
-        ] = None,
-        subjects: Annotated[
-            str | None,
-            typer.Option("--subjects", help="test | heldout | all (default: the run's)."),
-        ] = None,
-        quiet: QuietOpt = False,
-    ) -> None:
-        from brainage.workflow import explain_run
-
-        explain_run(run, _split(methods), subjects, progress=not quiet)
-
-    fn = command_methods if with_methods else command
-    fn.__doc__ = doc
-    fn.__name__ = stage
-    return fn
+    command.__doc__ = doc
+    command.__name__ = stage
+    return command
 
 
-app.command(name="explain")(
-    _run_command(
-        "explain",
-        "Relevance maps of a run (its methods, or --methods), then maps, regions, report.",
-        with_methods=True,
-    )
-)
 for _name, _doc in (
     ("population", "Population maps of a run's relevance maps."),
     ("regions", "Atlas region tables of a run's population maps."),
@@ -331,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
             "[yellow]interrupted[/]: finished work is kept; rerun the same command to resume."
         )
         sys.exit(130)
-    except typer.Exit as ex:
+    except typer.Exit as ex:  # --version
         sys.exit(ex.exit_code)
     except exc.UsageError as err:
         if not err.format_message().strip():  # plain `brainage`: the help was printed
@@ -341,10 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     except exc.ClickException as err:
         err_console.print(f"[bold red]error:[/] {' '.join(err.format_message().split())}")
         sys.exit(2)
-    except exc.Abort:
+    except typer.Abort:
         sys.exit(130)
-    except exc.Exit as ex:  # --help, --version
-        sys.exit(ex.exit_code)
 
 
 if __name__ == "__main__":

@@ -74,8 +74,23 @@ class Runner:
         return dict(self.computed)
 
     # ------------------------------------------------------------------ one stage
-    def key_of(self, stage: Stage, item: str) -> tuple[str, dict]:
-        """Cache key of an item and the upstream keys it chains."""
+    def key_of(self, stage: Stage, item: str) -> tuple[str, dict, dict, dict]:
+        """Cache key of an item, with the upstream keys, parameters and inputs it was made from.
+
+        Returns
+        -------
+        key : str
+        upstream : dict of str to str
+            ``"<stage>/<item>"`` → key.
+        params, inputs : dict
+            What :meth:`Stage.params` and :meth:`Stage.inputs` returned (computed once: inputs
+            may hash files).
+
+        Raises
+        ------
+        BrainageError
+            An upstream item the stage depends on is not finished.
+        """
         ctx = self.ctx
         upstream = {}
         for s, i in stage.depends(ctx, item):
@@ -83,27 +98,21 @@ class Runner:
             if rec is None:
                 raise BrainageError(f"{stage.name}/{item} needs {s}/{i}, which is not finished")
             upstream[f"{s}/{i}"] = rec.key
-        key = cache_key(
-            stage.name,
-            stage.version,
-            item,
-            stage.params(ctx, item),
-            stage.inputs(ctx, item),
-            upstream,
-        )
-        return key, upstream
+        params, inputs = stage.params(ctx, item), stage.inputs(ctx, item)
+        key = cache_key(stage.name, stage.version, item, params, inputs, upstream)
+        return key, upstream, params, inputs
 
     def run_stage(self, stage: Stage) -> int:
         """Bring every item of ``stage`` up to date; return how many were computed."""
         ctx, layout = self.ctx, self.ctx.layout
         todo: list[tuple[str, str, dict]] = []
         for item in stage.items(ctx):
-            key, upstream = self.key_of(stage, item)
+            key, *made_from = self.key_of(stage, item)
             rec = read_record(layout, stage.name, item)
             if rec is not None and rec.key == key and rec.complete(layout):
                 ctx.records[(stage.name, item)] = rec
                 continue
-            todo.append((item, key, upstream))
+            todo.append((item, key, made_from))
         if todo:
             log.debug("%s: %d item(s) to compute", stage.name, len(todo))
             bar = StageProgress(stage.name, len(todo), ctx.progress)
@@ -117,15 +126,16 @@ class Runner:
         stage.finish(ctx)
         return len(todo)
 
-    def _record(self, stage, item, key, upstream, result: ItemResult, seconds: float) -> None:
+    def _record(self, stage, item, key, made_from, result: ItemResult, seconds: float) -> None:
         ctx, layout = self.ctx, self.ctx.layout
+        upstream, params, inputs = made_from
         rec = Record(
             stage=stage.name,
             item=item,
             key=key,
             version=stage.version,
-            params=stage.params(ctx, item),
-            inputs=stage.inputs(ctx, item),
+            params=params,
+            inputs=inputs,
             upstream=upstream,
             seed=result.seed,
             seconds=round(seconds, 3),
@@ -153,12 +163,12 @@ class Runner:
             results = stage.compute_batch(self.ctx, [c[0] for c in chunk], [c[1] for c in chunk])
             seconds = (time.perf_counter() - t0) / len(chunk)
             failed = 0
-            for (item, key, upstream), result in zip(chunk, results, strict=True):
+            for (item, key, made_from), result in zip(chunk, results, strict=True):
                 if isinstance(result, BaseException):
                     failed += 1
                     self._failed(stage, item, result)
                 else:
-                    self._record(stage, item, key, upstream, result, seconds)
+                    self._record(stage, item, key, made_from, result, seconds)
             bar.advance(len(chunk), failed)
 
     def _run_parallel(self, stage: Stage, todo, bar: StageProgress) -> None:
@@ -167,7 +177,7 @@ class Runner:
         from brainage.parallel import iter_tasks
 
         run = self.ctx.config.run
-        meta = {item: (key, upstream) for item, key, upstream in todo}
+        meta = {item: (key, made_from) for item, key, made_from in todo}
         task = functools.partial(_compute_item, stage, self.ctx)
         outcomes = iter_tasks(
             task,
@@ -180,13 +190,13 @@ class Runner:
         )
         with contextlib.closing(outcomes):
             for item, outcome in outcomes:
-                key, upstream = meta[item]
+                key, made_from = meta[item]
                 if isinstance(outcome, BaseException):
                     self._failed(stage, item, outcome)
                     bar.advance(1, 1)
                     continue
                 result, seconds = outcome
-                self._record(stage, item, key, upstream, result, seconds)
+                self._record(stage, item, key, made_from, result, seconds)
                 bar.advance(1)
 
 

@@ -127,6 +127,13 @@ class ExplainStage(Stage):
     def batch_size(self, ctx: RunContext) -> int:
         return ctx.config.explain.batch_size
 
+    def _loaded(self, key: tuple, load):
+        """Models, reference and noise models, read once per run (``key``: their record keys)."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache[key] = load()
+        return cache[key]
+
     def compute_batch(self, ctx: RunContext, items, keys) -> list:
         out = []
         for method in dict.fromkeys(i.split("/", 1)[0] for i in items):
@@ -142,10 +149,12 @@ class ExplainStage(Stage):
         from brainage.workflow.stages.predict import load_models
         from brainage.workflow.stages.train import load_reference
 
-        models = load_models(ctx)
+        train_keys = tuple(r.key for _, r in sorted(ctx.stage_records("train").items()))
+        models = self._loaded(("models", train_keys), lambda: load_models(ctx))
         params = ctx.config.explain.method_params(method)
         if _uses_reference(params):
-            params["baseline"] = load_reference(ctx)
+            ref_key = ctx.record("reference", "trainingmean").key
+            params["baseline"] = self._loaded(("reference", ref_key), lambda: load_reference(ctx))
         per_model = [dict(params) for _ in models]
         if method == UNOISE:
             from brainage.explain.unoise import load_unoise
@@ -160,7 +169,8 @@ class ExplainStage(Stage):
                         "explain that run with unoise first: brainage explain --run RUN "
                         "--methods unoise",
                     )
-                pm["noise_model"] = load_unoise(rec.output(ctx.models, "noise_model"))
+                path = rec.output(ctx.models, "noise_model")
+                pm["noise_model"] = self._loaded(("noise", rec.key), lambda p=path: load_unoise(p))
         grid = template_grid(ctx.layout.resolution_mm)
         vols = torch.as_tensor(ctx.stack(pids))
         bs = len(pids)
