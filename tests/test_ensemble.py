@@ -97,3 +97,56 @@ def test_bias_correction_with_too_few_subjects_is_identity():
         bc = AgeBiasCorrection(n_bootstrap=10).fit([30.0, 40.0, 50.0], [35.0, 41.0, 47.0])
     assert bc.recommended_ == "brain_age"
     np.testing.assert_allclose(bc.transform([33.0, 60.0]), [33.0, 60.0])
+
+
+# ---------------------------------------------------------------------------- conformal intervals
+def test_conformal_quantile_is_the_finite_sample_rank():
+    from brainage.ensemble import conformal_quantile
+
+    scores = np.arange(1.0, 20.0)  # 19 scores: rank ceil(20 * 0.95) = 19 → the largest
+    assert conformal_quantile(scores, 0.95) == 19.0
+    assert conformal_quantile(np.arange(1.0, 40.0), 0.95) == 38.0  # ceil(40 * .95) = 38
+    assert conformal_quantile(np.arange(1.0, 10.0), 0.95) == np.inf  # too few for 95 %
+    assert conformal_quantile([1.0, np.nan, 2.0, 3.0], 0.5) == 2.0  # NaN dropped
+
+
+@pytest.mark.parametrize("kind", ["conformal", "conformal_scaled"])
+def test_conformal_interval_covers_at_its_level(kind):
+    """Split-conformal theory: level ≤ coverage ≤ level + 1/(n+1), averaged over calibrations."""
+    from brainage.ensemble import ConformalInterval, interval_scores
+
+    rng = np.random.default_rng(0)
+    n_cal, n_new, level, reps = 60, 400, 0.9, 200
+    cover = []
+    for _ in range(reps):
+        spread = rng.uniform(0.5, 3.0, n_cal + n_new)
+        age = rng.uniform(20, 80, n_cal + n_new)
+        pred = age + rng.normal(0, 1, n_cal + n_new) * (1 + spread)  # error grows with spread
+        ci = ConformalInterval(kind, level).fit(age[:n_cal], pred[:n_cal], spread[:n_cal])
+        lo, hi = ci.predict(pred[n_cal:], spread[n_cal:])
+        cover.append(interval_scores(age[n_cal:], lo, hi)["coverage"])
+    se = np.std(cover) / np.sqrt(reps)
+    assert level - 3 * se <= np.mean(cover) <= level + 1 / (n_cal + 1) + 3 * se
+    if kind == "conformal_scaled":  # adaptive: width follows the spread, so it tracks the error
+        assert interval_scores(age[n_cal:], lo, hi)["spearman_width_abs_error"] > 0.2
+
+
+def test_cross_conformal_calibrates_each_fold_on_the_others():
+    from brainage.ensemble import ConformalInterval, cross_conformal_interval
+
+    rng = np.random.default_rng(1)
+    n = 90
+    age = rng.uniform(20, 80, n)
+    pred = age + rng.normal(0, 4, n)
+    spread = np.ones(n)
+    groups = np.repeat([1, 2, 3], 30)
+    pred[groups == 1] += 30  # fold 1 is badly off: its own residuals must not set its width
+    lo, hi, overall = cross_conformal_interval(age, pred, spread, groups, "conformal", 0.9)
+    for g in (1, 2, 3):
+        other = groups != g
+        q = ConformalInterval("conformal", 0.9).fit(age[other], pred[other], spread[other]).q_
+        np.testing.assert_allclose(hi[groups == g] - pred[groups == g], q)
+    assert overall.n_calibration_ == n
+    # fold 1 is calibrated on folds 2 and 3 (small residuals) and so misses its subjects
+    inside = (age >= lo) & (age <= hi)
+    assert inside[groups == 1].mean() < 0.2 and inside[groups != 1].mean() > 0.5

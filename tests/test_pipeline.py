@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 TINY = {
     "seed": 0,
+    "split": {"scheme": "kfold", "n_folds": 3},
     "ensemble": {"n_seeds": 2},
     "train": {
         "epochs": 3,
@@ -48,12 +49,16 @@ TINY = {
 PRED_COLUMNS = [
     "participant_id",
     "age",
+    "fold",
     "brain_age",
     "brain_age_corrected",
     "brain_age_gap",
     "uncertainty",
+    "brain_age_lower",
+    "brain_age_upper",
     "split",
 ]
+FOLDS = (1, 2, 3)
 EXE = shutil.which("brainage") or f"{sys.executable} -m brainage.cli"
 
 
@@ -84,16 +89,24 @@ def test_run_outputs(tiny_run):
     root, bids, cfg, result = tiny_run
     out = root / "out"
     pred = pd.read_csv(out / "predictions.tsv", sep="\t")
-    assert list(pred.columns[:7]) == PRED_COLUMNS
+    assert list(pred.columns[: len(PRED_COLUMNS)]) == PRED_COLUMNS
     assert {"brain_age_seed-0", "brain_age_seed-1"} <= set(pred.columns)
     assert len(pred) == 40
     no_age = pred[pred["age"].isna()]
-    assert len(no_age) == 1 and set(no_age["split"]) == {"predict"}
-    assert np.isfinite(pred["brain_age"]).all() and (pred["uncertainty"] >= 0).all()
-    bias = json.loads((out / "bias_correction.json").read_text())
-    col = bias["recommended_column"]
+    assert len(no_age) == 1 and set(no_age["split"]) == {"predict"} and set(no_age["fold"]) == {0}
+    # cross-fitting: every subject with age is out-of-fold (a test subject of exactly one fold)
     known = pred.dropna(subset=["age"])
-    np.testing.assert_allclose(known["brain_age_gap"], known[col] - known["age"], atol=1e-3)
+    assert set(known["split"]) == {"test"} and set(known["fold"]) == set(FOLDS)
+    assert np.isfinite(pred["brain_age"]).all() and (pred["uncertainty"] >= 0).all()
+    assert (pred["brain_age_lower"] < pred["brain_age"]).all()
+    assert (pred["brain_age"] < pred["brain_age_upper"]).all()
+    # the gap is taken from the correction each fold recommends
+    bias = json.loads((out / "bias_correction.json").read_text())
+    col = known["fold"].map({b["fold"]: b["recommended_column"] for b in bias["folds"]})
+    chosen = np.where(col == "brain_age", known["brain_age"], known["brain_age_corrected"])
+    np.testing.assert_allclose(known["brain_age_gap"], chosen - known["age"], atol=1e-3)
+    dictionary = json.loads((out / "predictions.json").read_text())
+    assert set(dictionary) == set(pred.columns) and dictionary["age"]["Units"] == "year"
     # splits were drawn from the cohort before preprocessing and recorded
     splits = pd.read_csv(out / "splits.tsv", sep="\t")
     assert dict(zip(splits["participant_id"], splits["split"], strict=True)) == dict(
@@ -108,8 +121,8 @@ def test_run_outputs(tiny_run):
         assert layout.population(method).exists()
         assert len(pd.read_csv(layout.regions(method, "aal"), sep="\t")) > 50
     # everything a later command needs is an output: reference image, noise models
-    assert layout.reference.exists()
-    assert all(layout.noise_model(s).exists() for s in cfg.seeds)
+    assert all(layout.reference(f).exists() for f in FOLDS)
+    assert all(layout.noise_model(s, f).exists() for s in cfg.seeds for f in FOLDS)
     # one record per item, written last; the test subjects × methods of explain
     records = list((out / "records" / "explain").glob("*.json"))
     assert len(records) == n_test * len(cfg.explain.methods)
@@ -124,6 +137,52 @@ def test_run_outputs(tiny_run):
     # readable by group and others under umask 022 (no 0600 temporary-file modes)
     for path in (out / "predictions.tsv", layout.relevance("lrp", pid), records[0]):
         assert path.stat().st_mode & 0o044 == 0o044, path
+
+
+def test_no_subject_is_predicted_or_explained_by_a_model_that_saw_it(tiny_run):
+    """Leakage: what each model was trained on (its record) never holds a subject it predicts."""
+    from brainage.workflow.records import read_records
+
+    root, _, cfg, _ = tiny_run
+    out = root / "out"
+    layout = result_layout(out, cfg)
+    seen = {  # every subject a base model was trained or validated on, from its record
+        item: {s[0] for s in rec.inputs["subjects"]}
+        for item, rec in read_records(layout, "train").items()
+    }
+    assert len(seen) == len(FOLDS) * len(cfg.seeds)
+    references = read_records(layout, "reference")
+    reference_seen = {i: set(r.inputs["subjects"]) for i, r in references.items()}
+    ensemble = json.loads((out / "ensemble.json").read_text())
+    fold_items = {f["fold"]: f["items"] for f in ensemble["folds"]}
+    pred = pd.read_csv(out / "predictions.tsv", sep="\t")
+    for pid, fold in zip(pred["participant_id"], pred["fold"], strict=True):
+        if fold == 0:  # no age: predicted by every fold, trained on by none
+            assert all(pid not in s for s in seen.values())
+            continue
+        mine = fold_items[fold]
+        assert len(mine) == len(cfg.seeds) and all(pid not in seen[i] for i in mine)
+        assert pid not in reference_seen[f"fold-{fold}"]
+        # and the check can fail: every other fold's models did see the subject
+        assert all(pid in seen[i] for f, items in fold_items.items() if f != fold for i in items)
+    # the head and the bias correction of a fold were fitted on its validation subjects only
+    splits = pd.read_csv(out / "splits.tsv", sep="\t")
+    for f in ensemble["folds"]:
+        n_val = int((splits[f"fold-{f['fold']}"] == "validation").sum())
+        assert f["bias_correction"]["n_validation"] == n_val > 0
+    # every relevance map was computed by the models of the fold that holds its subject out
+    folds = dict(zip(pred["participant_id"], pred["fold"], strict=True))
+    n_maps = 0
+    for item, rec in read_records(layout, "explain").items():
+        pid = item.split("/", 1)[1]
+        used = sorted(u.split("/", 1)[1] for u in rec.upstream if u.startswith("train/"))
+        assert used == sorted(fold_items[folds[pid]]), item
+        assert all(pid not in seen[i] for i in used)
+        if item.startswith("unoise/"):  # and its noise models were fitted without it
+            noise = read_records(layout, "noise")
+            assert all(pid not in {s[0] for s in noise[i].inputs["subjects"]} for i in used)
+        n_maps += 1
+    assert n_maps == (pred["fold"] > 0).sum() * len(cfg.explain.methods)
 
 
 def result_layout(out, cfg):
@@ -146,26 +205,31 @@ def _copy(tiny_run, tmp_path):
     return tmp_path / "bids", tmp_path / "out", cfg
 
 
-def test_changing_one_test_scan_reruns_only_what_depends_on_it(tiny_run, tmp_path):
+def test_changing_one_scan_reruns_only_what_depends_on_it(tiny_run, tmp_path):
     bids, out, cfg = _copy(tiny_run, tmp_path)
-    pred = pd.read_csv(out / "predictions.tsv", sep="\t")
-    pid = pred.loc[pred["split"] == "test", "participant_id"].iloc[0]
+    splits = pd.read_csv(out / "splits.tsv", sep="\t")
+    pid = splits.loc[splits["fold"] == 1, "participant_id"].iloc[0]
     path = next((bids / pid / "anat").glob("*_T1w.nii.gz"))
     img = nib.load(str(path))
     data = np.asarray(img.dataobj, dtype=np.float32)
     data[data > 0] *= 1.05
     nib.save(nib.Nifti1Image(data, img.affine), str(path))
     res = run(read_bids(bids), out, cfg, progress=False)
-    n_methods = len(cfg.explain.methods)
+    n_methods, n_seeds = len(cfg.explain.methods), len(cfg.seeds)
+    # the scan trains or validates the models of folds 2 and 3 (not those of fold 1, which
+    # explain it); maps are redone for itself and for the subjects of folds 2 and 3 (the
+    # subject without age is not explained: explain.subjects is "test")
+    row = splits.set_index("participant_id").loc[pid]
+    explained = 1 + int((splits["fold"] > 1).sum())
     expected = {
         "splits": 0,
         "preprocess": 1,
         "volumes": 1,
-        "train": 0,
-        "reference": 0,
-        "noise": 0,
+        "train": 2 * n_seeds,
+        "reference": sum(row[f"fold-{f}"] == "train" for f in FOLDS),  # training subjects only
+        "noise": 2 * n_seeds,
         "predict": 1,
-        "explain": n_methods,
+        "explain": n_methods * explained,
         "population": n_methods,
         "regions": n_methods,
         "truth": 0,
@@ -175,17 +239,31 @@ def test_changing_one_test_scan_reruns_only_what_depends_on_it(tiny_run, tmp_pat
     assert res.computed == expected
 
 
+def _fold_subjects(splits: pd.DataFrame, fold: int) -> list:
+    """What a fold's models are trained on: (participant, age, role) of train + validation."""
+    col = f"fold-{fold}"
+    part = splits[splits[col].isin(["train", "validation"])]
+    return sorted(zip(part["participant_id"], part["age"], part[col], strict=True))
+
+
 def test_changing_one_age_retrains_and_keeps_preprocessing(tiny_run, tmp_path):
     bids, out, cfg = _copy(tiny_run, tmp_path)
     parts = pd.read_csv(bids / "participants.tsv", sep="\t", dtype=str)
-    splits = pd.read_csv(out / "splits.tsv", sep="\t", dtype=str)
-    pid = splits.loc[splits["split"] == "train", "participant_id"].iloc[0]
+    before_splits = pd.read_csv(out / "splits.tsv", sep="\t")
+    pid = before_splits.loc[before_splits["fold"] == 2, "participant_id"].iloc[0]
     parts.loc[parts["participant_id"] == pid, "age"] = "99"
     parts.to_csv(bids / "participants.tsv", sep="\t", index=False)
     before = pd.read_csv(out / "predictions.tsv", sep="\t")
     res = run(read_bids(bids), out, cfg, progress=False)
+    after_splits = pd.read_csv(out / "splits.tsv", sep="\t")
+    # a fold's models are retrained exactly when what they are trained on changed
+    changed = [
+        f for f in FOLDS
+        if _fold_subjects(before_splits, f) != _fold_subjects(after_splits, f)
+    ]  # fmt: skip
+    assert len(changed) >= 2  # at least the folds that train on the subject
     assert res.computed["preprocess"] == 0 and res.computed["volumes"] == 0
-    assert res.computed["splits"] == 1 and res.computed["train"] == len(cfg.seeds)
+    assert res.computed["splits"] == 1 and res.computed["train"] == len(changed) * len(cfg.seeds)
     assert res.computed["predict"] == 1
     assert not np.allclose(res.predictions["brain_age"], before["brain_age"])
 
@@ -207,13 +285,28 @@ def test_same_seed_gives_byte_identical_predictions(tmp_path):
     a = run(read_bids(bids), tmp_path / "a", cfg, progress=False, targets=["predict"])
     # the second with its caches elsewhere (--work-dir): results do not depend on it
     b = run(read_bids(bids), tmp_path / "c", cfg, False, ["predict"], work_dir=tmp_path / "w")
-    assert a.computed["train"] == b.computed["train"] == 1
+    assert a.computed["train"] == b.computed["train"] == len(FOLDS)
     assert (
         list((tmp_path / "w").glob("volumes_res-4.npy")) and not (tmp_path / "c" / "work").exists()
     )
     assert (tmp_path / "a" / "predictions.tsv").read_bytes() == (
         tmp_path / "c" / "predictions.tsv"
     ).read_bytes()
+
+
+def test_holdout_scheme_still_splits_train_validation_test(tmp_path):
+    from brainage.simulate import simulate_cohort
+
+    bids = simulate_cohort(tmp_path / "b", n_subjects=24, resolution_mm=4.0, seed=6, progress=False)
+    cfg = tiny_config(split={"scheme": "holdout"}, explain={"methods": []}, ensemble={"n_seeds": 2})
+    res = run(read_bids(bids), tmp_path / "o", cfg, progress=False, targets=["predict"])
+    assert res.computed["train"] == 2 and (tmp_path / "o" / "models" / "seed-0").is_dir()
+    pred = res.predictions
+    assert "fold" not in pred and set(pred["split"]) == {"train", "validation", "test"}
+    ens = json.loads((tmp_path / "o" / "ensemble.json").read_text())
+    assert ens["scheme"] == "holdout" and [f["fold"] for f in ens["folds"]] == [None]
+    # the interval is calibrated on the validation subjects (split-conformal)
+    assert ens["interval"]["n_calibration"] == int((pred["split"] == "validation").sum())
 
 
 def test_predict_new_subjects_with_every_method(tiny_run, tmp_path):
@@ -228,8 +321,9 @@ def test_predict_new_subjects_with_every_method(tiny_run, tmp_path):
     methods = tuple(list_methods())
     pred = predict(root / "out", read_bids(new), tmp_path / "pred", methods, progress=False)
     written = pd.read_csv(tmp_path / "pred" / "predictions.tsv", sep="\t")
-    assert list(written.columns[:7]) == PRED_COLUMNS and len(written) == 3
-    assert set(written["split"]) == {"predict"}
+    assert list(written.columns[: len(PRED_COLUMNS)]) == PRED_COLUMNS and len(written) == 3
+    assert set(written["split"]) == {"predict"} and set(written["fold"]) == {0}  # every fold
+    assert (written["brain_age_lower"] < written["brain_age_upper"]).all()
     np.testing.assert_allclose(written["brain_age"], pred["brain_age"], rtol=1e-5)
     layout = RunLayout(tmp_path / "pred", cfg.train.resolution_mm)
     for method in methods:
@@ -345,11 +439,11 @@ def test_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(tiny_run, tmp
 
     root, cfg, out, cmd, env = _rerun_command(tiny_run, tmp_path)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    first = out / "records" / "train" / "seed-0.json"
+    first = out / "records" / "train" / "fold-1_seed-0.json"
     deadline = time.time() + 300
 
     def mid_training():  # the second base model has a checkpoint: killed inside an epoch loop
-        return first.exists() and list((out / "work" / "checkpoints").glob("seed-1_*.pt"))
+        return first.exists() and list((out / "work" / "checkpoints").glob("fold-1_seed-1_*.pt"))
 
     while not mid_training() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -357,10 +451,10 @@ def test_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(tiny_run, tmp
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "predictions.tsv").exists()
-    stamp = (out / "models" / "seed-0" / "model.pt").stat().st_mtime_ns
+    stamp = (out / "models" / "fold-1" / "seed-0" / "model.pt").stat().st_mtime_ns
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (out / "models" / "seed-0" / "model.pt").stat().st_mtime_ns == stamp
+    assert (out / "models" / "fold-1" / "seed-0" / "model.pt").stat().st_mtime_ns == stamp
     assert not [p for p in out.rglob(".*.tmp*")], "temporary files left behind"
     # the outputs of the uninterrupted run, byte for byte
     assert (out / "predictions.tsv").read_bytes() == (root / "out" / "predictions.tsv").read_bytes()
@@ -373,10 +467,10 @@ def test_killed_at_random_points_until_done_gives_the_uninterrupted_outputs(tiny
     root, cfg, out, cmd, env = _rerun_command(tiny_run, tmp_path)
     rng = np.random.default_rng(7)
     kills = 0
-    for _ in range(12):
+    for attempt in range(20):  # each attempt a little longer, so the run surely ends
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         try:
-            proc.wait(timeout=float(rng.uniform(3.0, 12.0)))
+            proc.wait(timeout=float(rng.uniform(3.0, 12.0)) + 2.0 * attempt)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()

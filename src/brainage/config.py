@@ -34,18 +34,36 @@ class SplitConfig(Section):
 
     Parameters
     ----------
-    scheme : {"holdout"}
-        ``"holdout"``: one age-stratified, seeded test set and one validation set, drawn from the
-        cohort before any preprocessing (recorded in ``splits.tsv``).
-    test_fraction, validation_fraction : float
-        Fractions of the subjects with age (test) and of the remaining ones (validation), in
-        [0, 0.5].
+    scheme : {"kfold", "holdout"}
+        ``"kfold"`` (cross-fitting, the default): ``n_folds`` age-stratified outer folds; the
+        models of fold ``k`` are trained and validated on the other folds and predict and explain
+        fold ``k``, so every subject with age gets an out-of-fold brain age and relevance map.
+        ``"holdout"``: one age-stratified test set and one validation set. Both are drawn from
+        the cohort before any preprocessing and recorded in ``splits.tsv``.
+    n_folds : int
+        Outer folds of ``kfold`` (paper 001: 10).
+    test_fraction : float
+        ``holdout`` only: fraction of the subjects with age in the test set, in [0, 0.5].
+    validation_fraction : float
+        Fraction of the non-test subjects (of each fold) used for validation — early stopping,
+        the ensemble head and the age-bias correction — in [0, 0.5].
     """
 
     section_path: ClassVar[str] = "split"
-    scheme: Literal["holdout"] = "holdout"
+
+    scheme: Literal["kfold", "holdout"] = "kfold"
+    n_folds: Annotated[int, Field(ge=2, le=50)] = 5
     test_fraction: Fraction = 0.1
     validation_fraction: Fraction = 0.15
+
+    @model_validator(mode="after")
+    def _check_validation(self) -> SplitConfig:
+        if self.scheme == "kfold" and self.validation_fraction == 0:
+            raise ValueError(
+                "'split.validation_fraction' must be > 0 with scheme kfold: each fold needs "
+                "validation subjects for early stopping, the ensemble head and the bias correction"
+            )
+        return self
 
 
 class EnsembleConfig(Section):
@@ -54,20 +72,28 @@ class EnsembleConfig(Section):
     Parameters
     ----------
     n_seeds : int
-        Base models, seeds ``seed … seed + n_seeds − 1`` (unless ``seeds`` is given).
+        Base models per fold, seeds ``seed … seed + n_seeds − 1`` (unless ``seeds`` is given).
     seeds : list of int, optional
         Explicit base-model seeds.
     ridge_alpha : float
         L2 penalty of the ridge head (> 0).
     ridge_positive : bool
         Non-negative ridge weights.
+    interval : {"conformal", "conformal_scaled"}
+        Prediction interval of ``brain_age`` (columns ``brain_age_lower`` / ``brain_age_upper``):
+        split-conformal from out-of-fold absolute residuals (constant width), or normalised by
+        the spread of the base models (wider where the models disagree).
+    interval_level : float
+        Coverage of that interval (0.95).
     """
 
     section_path: ClassVar[str] = "ensemble"
-    n_seeds: Annotated[int, Field(ge=1)] = 5
+    n_seeds: Annotated[int, Field(ge=1)] = 2
     seeds: list[Annotated[int, Field(ge=0)]] | None = None
     ridge_alpha: Annotated[float, Field(gt=0)] = 1.0
     ridge_positive: bool = True
+    interval: Literal["conformal", "conformal_scaled"] = "conformal"
+    interval_level: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
 
     @field_validator("seeds")
     @classmethod
@@ -310,9 +336,9 @@ DEMO_OVERRIDES: dict[str, Any] = {
         "bias_correct": False,
         "register": "none",
     },
-    "split": {"test_fraction": 0.15, "validation_fraction": 0.15},
+    "split": {"n_folds": 5, "test_fraction": 0.15, "validation_fraction": 0.15},
     "train": {"resolution_mm": 4.0, "epochs": 25, "patience": 10, "augment": ["flip"]},
-    "ensemble": {"n_seeds": 3},
+    "ensemble": {"n_seeds": 2},
     "bias_correction": {"n_bootstrap": 300},
 }
 

@@ -12,7 +12,7 @@ import numpy as np
 
 
 def check_random_state(seed) -> np.random.Generator:
-    """Turn ``seed`` (None, int or Generator) into a :class:`numpy.random.Generator`.
+    """Turn ``seed`` (int, sequence of ints or Generator) into a :class:`numpy.random.Generator`.
 
     The one place where brainage creates random generators, so that the same seed always gives
     the same numbers.
@@ -21,6 +21,8 @@ def check_random_state(seed) -> np.random.Generator:
         return seed
     if seed is None:
         raise ValueError("'seed' must be an int (brainage runs are always seeded); got None")
+    if isinstance(seed, (list, tuple)):  # a seed sequence, e.g. (run seed, fold)
+        return np.random.default_rng([int(s) for s in seed])
     return np.random.default_rng(int(seed))
 
 

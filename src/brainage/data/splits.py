@@ -88,3 +88,93 @@ def make_splits(
     split[test] = "test"
     split[val] = "validation"
     return pd.Series(split, index=pd.Index(ids, name="participant_id"), name="split")
+
+
+def fold_column(fold: int) -> str:
+    """Column of ``splits.tsv`` with every subject's role in outer fold ``fold``: ``fold-<k>``."""
+    return f"fold-{int(fold)}"
+
+
+def make_folds(
+    table: pd.DataFrame,
+    n_folds: int = 5,
+    validation_fraction: float = 0.15,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Assign every subject with age to one of ``n_folds`` age-stratified outer folds.
+
+    Subjects with age are sorted by age and cut into consecutive groups of ``n_folds``; inside
+    each group the folds are dealt out in a seeded random order, so every fold spans the whole age
+    range and fold sizes differ by at most one. In outer fold ``k`` the subjects of fold ``k``
+    are the test subjects; a validation set is drawn from the others (age-stratified, seeded by
+    ``(seed, k)``, as in :func:`make_splits`) and the rest are training subjects. The base models,
+    the ensemble head and the age-bias correction of fold ``k`` are fitted on its training and
+    validation subjects only, so every subject gets an out-of-fold brain age from models that
+    never saw it (paper 001 uses 10 folds). Subjects without age are in no fold (role ``predict``
+    everywhere): they are predicted by the models of all folds.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Cohort table with ``participant_id`` and ``age`` (years, NaN = unknown).
+    n_folds : int
+        Number of outer folds, ≥ 2.
+    validation_fraction : float
+        Fraction of each fold's non-test subjects used for validation, in (0, 0.5].
+    seed : int
+        The same seed and table give the same folds.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``participant_id``; column ``fold`` (1 … ``n_folds``, 0 = no age), ``split``
+        (``test`` = out-of-fold, ``predict`` = no age) and one column ``fold-<k>`` per fold with
+        the subject's role there (``train``, ``validation``, ``test`` or ``predict``).
+
+    Raises
+    ------
+    ConfigError
+        ``n_folds`` < 2 or ``validation_fraction`` outside (0, 0.5].
+    InputError
+        Fewer than ``max(10, 2 · n_folds)`` subjects with age.
+    """
+    if isinstance(n_folds, bool) or int(n_folds) != n_folds or n_folds < 2:
+        raise ConfigError(f"'n_folds' must be an integer >= 2; got {n_folds!r}")
+    if not 0 < validation_fraction <= 0.5:
+        raise ConfigError(f"'validation_fraction' must be in (0, 0.5]; got {validation_fraction}")
+    n_folds = int(n_folds)
+    ids = table["participant_id"].to_numpy()
+    ages = table["age"].to_numpy(dtype=float)
+    known = np.flatnonzero(np.isfinite(ages))
+    need = max(10, 2 * n_folds)
+    if len(known) < need:
+        raise InputError(
+            f"only {len(known)} subjects have an age; {n_folds}-fold cross-fitting needs at "
+            f"least {need}",
+            "add ages to participants.tsv or the cohort table, or set split.n_folds lower",
+        )
+    rng = check_random_state(seed)
+    fold = np.zeros(len(ids), dtype=int)
+    order = known[np.argsort(ages[known], kind="stable")]
+    counts = np.zeros(n_folds, dtype=int)
+    for start in range(0, len(order), n_folds):
+        group = order[start : start + n_folds]
+        # the last, partial group goes to the folds that are smallest so far, in random order
+        free = np.flatnonzero(counts == counts.min())
+        labels = rng.permutation(n_folds if len(group) == n_folds else free)[: len(group)]
+        fold[group] = labels + 1
+        counts[labels] += 1
+    out = pd.DataFrame(
+        {"fold": fold, "split": np.where(fold > 0, "test", "predict")},
+        index=pd.Index(ids, name="participant_id"),
+    )
+    for k in range(1, n_folds + 1):
+        role = np.full(len(ids), "predict", dtype=object)
+        rest = known[fold[known] != k]
+        rng_k = check_random_state((seed, k))
+        pick = rest[_stratified_pick(ages[rest], validation_fraction, rng_k)]
+        role[rest] = "train"
+        role[pick] = "validation"
+        role[fold == k] = "test"
+        out[fold_column(k)] = role
+    return out

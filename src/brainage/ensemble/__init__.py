@@ -1,5 +1,12 @@
 """Ensembles: ridge heads, uncertainty, age-bias correction, brain-age gap, metrics."""
 
+from brainage.ensemble.conformal import (
+    ConformalInterval,
+    base_spread,
+    conformal_quantile,
+    cross_conformal_interval,
+    interval_scores,
+)
 from brainage.ensemble.core import (
     AgeBiasCorrection,
     RidgeHead,
@@ -11,6 +18,11 @@ from brainage.ensemble.core import (
 
 __all__ = [
     "AgeBiasCorrection",
+    "ConformalInterval",
+    "base_spread",
+    "conformal_quantile",
+    "cross_conformal_interval",
+    "interval_scores",
     "RidgeHead",
     "ensemble_uncertainty",
     "fit_ensemble_head",

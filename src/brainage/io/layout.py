@@ -10,9 +10,10 @@ Layout of ``OUT`` (a BIDS-derivatives-like folder)::
     config.yaml, provenance.json, dataset_description.json
     cohort.tsv, splits.tsv, failures.tsv
     preproc/sub-<id>/anat/…                  preprocessed scans (see :meth:`RunLayout.preproc`)
-    models/seed-<n>/                          model.pt, model.json, training_log.tsv, unoise.pt
-    models/space-<tpl>_res-<r>_desc-trainingmean_T1w.nii.gz   reference (mean training) image
-    predictions.tsv, metrics.tsv, ensemble.json, bias_correction.json
+    models/[fold-<k>/]seed-<n>/               model.pt, model.json, training_log.tsv, unoise.pt
+    models/[fold-<k>/]space-<tpl>_res-<r>_desc-trainingmean_T1w.nii.gz   reference image
+    predictions.tsv (+ predictions.json data dictionary), metrics.tsv, ensemble.json,
+    bias_correction.json
     explain/method-<m>/[seed-<n>/]sub-<id>_space-<tpl>_res-<r>_desc-<m>_relevance.nii.gz
     population/method-<m>_space-<tpl>_res-<r>_{stat-mean,desc-top10}_relevance.nii.gz
     regions/method-<m>_atlas-<a>_regions.tsv
@@ -144,6 +145,7 @@ class RunLayout:
             "splits.tsv",
             "failures.tsv",
             "predictions.tsv",
+            "predictions.json",
             "metrics.tsv",
             "ensemble.json",
             "bias_correction.json",
@@ -188,23 +190,31 @@ class RunLayout:
         return self.root / "preproc" / "qc.tsv"
 
     # ------------------------------------------------------------------ models
-    def model_dir(self, seed: int) -> Path:
-        """Folder of the base model with ``seed``: ``OUT/models/seed-<n>``."""
-        return self.root / "models" / f"seed-{int(seed)}"
+    def model_dir(self, seed: int, fold: int | None = None) -> Path:
+        """Folder of a base model: ``OUT/models/[fold-<k>/]seed-<n>`` (``fold``: cross-fitting)."""
+        return self._fold_dir(fold) / f"seed-{int(seed)}"
+
+    def _fold_dir(self, fold: int | None) -> Path:
+        return self.root / "models" if fold is None else self.root / "models" / f"fold-{int(fold)}"
 
     def model_dirs(self) -> list[Path]:
-        """Existing base-model folders (with ``model.json``), sorted by seed."""
+        """Existing base-model folders (with ``model.json``), sorted by fold and seed."""
         found = [p.parent for p in (self.root / "models").glob("seed-*/model.json")]
-        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+        found += [p.parent for p in (self.root / "models").glob("fold-*/seed-*/model.json")]
 
-    def noise_model(self, seed: int) -> Path:
-        """3D U-Noise noise model of base model ``seed``: ``models/seed-<n>/unoise.pt``."""
-        return self.model_dir(seed) / "unoise.pt"
+        def order(p: Path) -> tuple[int, int]:
+            fold = int(p.parent.name.split("-")[1]) if p.parent.name.startswith("fold-") else 0
+            return fold, int(p.name.split("-")[1])
 
-    @property
-    def reference(self) -> Path:
-        """The mean training image (reference brain), on the model grid."""
-        return self.root / "models" / f"{self.space}_desc-trainingmean_T1w.nii.gz"
+        return sorted(found, key=order)
+
+    def noise_model(self, seed: int, fold: int | None = None) -> Path:
+        """3D U-Noise noise model of a base model: ``models/[fold-<k>/]seed-<n>/unoise.pt``."""
+        return self.model_dir(seed, fold) / "unoise.pt"
+
+    def reference(self, fold: int | None = None) -> Path:
+        """Return the mean training image (reference brain) of a fold's models (model grid)."""
+        return self._fold_dir(fold) / f"{self.space}_desc-trainingmean_T1w.nii.gz"
 
     # ------------------------------------------------------------------ relevance maps
     def relevance(self, method: str, participant_id: str, model: str | None = None) -> Path:

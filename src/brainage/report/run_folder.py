@@ -35,7 +35,11 @@ class RunFolder:
     config_text : str or None
         ``config.yaml`` as text (or the config of ``dataset_description.json`` as YAML).
     training_logs : dict of (str, str) to pandas.DataFrame
-        ``(condition, "seed-<n>") → training_log.tsv``.
+        ``(condition, "seed-<n>") → training_log.tsv``; the condition is ``fold-<k>`` in a
+        cross-fitted run.
+    fold_metrics : pandas.DataFrame or None
+        The per-fold rows of ``metrics.tsv`` (cross-fitted runs; ``metrics`` keeps the rows of
+        every subject, ``fold`` = all).
     population : dict of str to dict
         ``method → {"mean": Path, "top10": Path, "res": str, "space": str}`` (keys present only
         when the file exists).
@@ -68,6 +72,7 @@ class RunFolder:
     description: dict | None = None
     config_text: str | None = None
     training_logs: dict = field(default_factory=dict)
+    fold_metrics: pd.DataFrame | None = None
     population: dict = field(default_factory=dict)
     regions: dict = field(default_factory=dict)
     xai: pd.DataFrame | None = None
@@ -189,6 +194,10 @@ def read_run_folder(out_dir) -> RunFolder:
     run.metrics = _optional(
         run, root / "metrics.tsv", lambda p: _require(read_tsv(p), ["model", "split", "mae"], p)
     )
+    if run.metrics is not None and "fold" in run.metrics:  # cross-fitted: per-fold rows apart
+        per_fold = run.metrics["fold"].astype(str) != "all"
+        run.fold_metrics = run.metrics[per_fold].reset_index(drop=True)
+        run.metrics = run.metrics[~per_fold].drop(columns="fold").reset_index(drop=True)
     run.bias = _optional(run, root / "bias_correction.json", _read_json)
     run.provenance = _optional(run, root / "provenance.json", _read_json)
     run.description = _optional(run, root / "dataset_description.json", _read_json)
@@ -200,10 +209,14 @@ def read_run_folder(out_dir) -> RunFolder:
 
             run.config_text = yaml.safe_dump(config, sort_keys=False)
 
-    for log in sorted(root.glob("models/seed-*/training_log.tsv")):
+    logs = sorted(root.glob("models/seed-*/training_log.tsv"))
+    logs += sorted(root.glob("models/fold-*/seed-*/training_log.tsv"))
+    for log in logs:
         frame = _optional(run, log, lambda p: _require(read_tsv(p), ["epoch"], p))
         if frame is not None:
-            run.training_logs[("default", log.parent.name)] = frame
+            fold = log.parent.parent.name
+            condition = fold if fold.startswith("fold-") else "default"
+            run.training_logs[(condition, log.parent.name)] = frame
 
     for path in sorted((root / "population").glob("method-*_relevance.nii*")):
         e = parse_entities(path)  # the run layout's parser, not a pattern of our own

@@ -150,18 +150,22 @@ def _execute(ctx: RunContext, targets, stages, report_name="run") -> RunResult:
     if ("predict", "ensemble") in ctx.records and pred.exists():
         result.predictions = pd.read_csv(pred, sep="\t", dtype={"participant_id": str})
         result.metrics = pd.read_csv(layout.file("metrics.tsv"), sep="\t")
+        every = result.metrics.get("fold", pd.Series("all", index=result.metrics.index))
         test = result.metrics[
-            result.metrics["split"].isin(["test", "predict"])
+            (every.astype(str) == "all")
+            & result.metrics["split"].isin(["test", "predict"])
             & result.metrics["model"].isin(["ensemble", "ensemble_corrected"])
         ]
+        oof = " (out-of-fold)" if cfg.split.scheme == "kfold" else ""
         for _, r in test.iterrows():
             log.info(
-                "%s %s: MAE %.2f years, r = %.2f (n = %d)",
+                "%s %s: MAE %.2f years, r = %.2f (n = %d)%s",
                 r["split"],
                 r["model"],
                 r["mae"],
                 r["r"],
                 r["n"],
+                oof if r["split"] == "test" else "",
             )
     if ("report", "report") in ctx.records:
         result.report = ctx.record("report", "report").output(layout, "report")

@@ -9,8 +9,10 @@ for batched stages — and its record is written last. Wall time per stage goes 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -178,18 +180,19 @@ class Runner:
 
         run = self.ctx.config.run
         meta = {item: (key, made_from) for item, key, made_from in todo}
-        task = functools.partial(_compute_item, stage, self.ctx)
+        task = functools.partial(_compute_item, stage, self.ctx, os.getpid())
         outcomes = iter_tasks(
             task,
-            list(meta),
+            [(item, key) for item, (key, _) in meta.items()],
             n_jobs=run.n_jobs,
             backend=run.backend,
             description=stage.name,
             progress=False,
             dask_address=run.dask_address,
+            threads_per_task=stage.threads_per_task(self.ctx),
         )
         with contextlib.closing(outcomes):
-            for item, outcome in outcomes:
+            for (item, _), outcome in outcomes:
                 key, made_from = meta[item]
                 if isinstance(outcome, BaseException):
                     self._failed(stage, item, outcome)
@@ -200,10 +203,15 @@ class Runner:
                 bar.advance(1)
 
 
-def _compute_item(stage: Stage, ctx: RunContext, item: str):
-    """Worker task: compute one item (picklable via functools.partial)."""
+def _compute_item(stage: Stage, ctx: RunContext, parent_pid: int, task: tuple[str, str]):
+    """Worker task: compute one ``(item, key)`` (picklable via functools.partial).
+
+    In another process there are no progress bars (they would interleave on the terminal).
+    """
+    item, key = task
+    if os.getpid() != parent_pid and ctx.progress:
+        ctx = dataclasses.replace(ctx, progress=False)
     t0 = time.perf_counter()
-    key = ""  # parallel stages do not use the key (no resumable partial state)
     result = stage.compute(ctx, item, key)
     return result, time.perf_counter() - t0
 

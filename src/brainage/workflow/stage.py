@@ -80,6 +80,9 @@ class RunContext:
         The stage where each failure happened.
     progress : bool
         Show progress bars on a terminal.
+    roles : dict of int to dict of str to str
+        Cross-fitting (``split.scheme: kfold``): ``fold → participant_id → role`` (``train``,
+        ``validation``, ``test`` or ``predict``) in that outer fold; empty for ``holdout``.
     """
 
     layout: RunLayout
@@ -93,6 +96,7 @@ class RunContext:
     failures: dict = field(default_factory=dict)
     failure_stage: dict = field(default_factory=dict)
     progress: bool = True
+    roles: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.models is None:
@@ -109,10 +113,24 @@ class RunContext:
             return {}
         return dict(zip(self.cohort["participant_id"], self.cohort["split"], strict=True))
 
-    def subjects_in(self, *splits: str) -> list[str]:
-        """Usable subjects (not failed) whose split is one of ``splits``, in cohort order."""
-        sp = self.split_of()
+    def subjects_in(self, *splits: str, fold: int | None = None) -> list[str]:
+        """Usable subjects (not failed) whose split is one of ``splits``, in cohort order.
+
+        With ``fold`` (cross-fitting), their role in that outer fold instead of their split.
+        """
+        sp = self.split_of() if fold is None else self.roles[fold]
         return [p for p in self.ok_subjects() if sp.get(p) in splits]
+
+    def folds(self) -> list[int | None]:
+        """Outer folds of the run: ``[1, …, K]`` with cross-fitting, ``[None]`` with a hold-out."""
+        return sorted(self.roles) if self.roles else [None]
+
+    def fold_of(self, participant_id: str) -> int | None:
+        """Return the outer fold holding ``participant_id`` out (None: hold-out run or no age)."""
+        for fold, roles in self.roles.items():
+            if roles.get(participant_id) == "test":
+                return fold
+        return None
 
     def ages(self) -> dict[str, float]:
         """``participant_id → age`` in years (NaN = unknown)."""
@@ -198,6 +216,10 @@ class Stage:
 
     def batch_size(self, ctx: RunContext) -> int:
         """Items given to one :meth:`compute_batch` call."""
+        return 1
+
+    def threads_per_task(self, ctx: RunContext) -> int:
+        """Numerical threads of each worker process of a parallel stage (default 1)."""
         return 1
 
     def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:

@@ -99,7 +99,7 @@ class EvaluateStage(Stage):
         deps += [("train", i) for i in sorted(ctx.stage_records("train"))]
         deps += [("truth", p) for p in pids if ("truth", p) in ctx.records]
         if _uses_reference(ctx.config.explain.method_params(item)):
-            deps.append(("reference", "trainingmean"))
+            deps += [("reference", i) for i in sorted(ctx.stage_records("reference"))]
         return deps
 
     def params(self, ctx: RunContext, item: str) -> dict:
@@ -127,15 +127,18 @@ class EvaluateStage(Stage):
         from brainage.stats.lesions import SUMMARY_FIELDS
         from brainage.workflow.stages.explain import relevance_stack
         from brainage.workflow.stages.predict import load_models
-        from brainage.workflow.stages.train import load_reference
+        from brainage.workflow.stages.train import (
+            explaining_items,
+            load_reference,
+            parse_model_item,
+        )
 
         method, ev, layout = item, ctx.config.evaluate, ctx.layout
         brain = template_array("mask", layout.resolution_mm)
         pids, stack = relevance_stack(ctx, method)
-        models = load_models(ctx)
         outputs, values = {}, {}
         per_seed = []
-        for name, _, _ in models:
+        for name in dict.fromkeys(n for n, _, _ in load_models(ctx)):  # seed-<n> (every fold)
             maps = _read(
                 [ctx.record("explain", f"{method}/{p}").output(layout, name) for p in pids]
             )
@@ -143,13 +146,17 @@ class EvaluateStage(Stage):
         agreement = seed_agreement(per_seed, brain, ev.top_fraction) if len(per_seed) >= 2 else None
         randomisation = None
         if ev.randomisation and method != UNOISE and pids:
-            n = min(ev.n_subjects, len(pids))
+            # the first base model of the first subject's fold, on subjects it never saw
+            items = explaining_items(ctx, pids[0])
+            same = [p for p in pids if explaining_items(ctx, p) == items]
+            n = min(ev.n_subjects, len(same))
             params = ctx.config.explain.method_params(method)
             if _uses_reference(params):
-                params["baseline"] = load_reference(ctx)
-            vols = torch.as_tensor(ctx.stack(pids[:n]))
+                params["baseline"] = load_reference(ctx, parse_model_item(items[0])[0])
+            vols = torch.as_tensor(ctx.stack(same[:n]))
+            model = load_models(ctx, items[:1])[0][1]
             randomisation = cascading_randomisation(
-                models[0][1], vols, method, ctx.config.seed, mask=brain, **params
+                model, vols, method, ctx.config.seed, mask=brain, **params
             )
             outputs["randomisation"] = write_tsv(layout.randomisation(method), randomisation)
         masks = {}

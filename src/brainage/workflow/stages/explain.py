@@ -1,8 +1,11 @@
 """Stages ``noise`` (3D U-Noise noise models, paper 002) and ``explain`` (METHODS §8).
 
 ``explain`` has one item per method × subject (``"lrp/sub-01"``), computed in batches of
-``explain.batch_size`` subjects. A map is keyed by the method's parameters and code
-(:func:`brainage.explain._core.method_fingerprint`), every base model, the subject's
+``explain.batch_size`` subjects. A subject is explained by the base models that predict it
+(:func:`~brainage.workflow.stages.train.explaining_items`: with cross-fitting those of the fold
+that holds it out, which never saw it; all folds' for a subject without age), with that fold's
+reference image and noise models. A map is keyed by the method's parameters and code
+(:func:`brainage.explain._core.method_fingerprint`), those base models, the subject's
 preprocessing and, where used, the reference image and the noise models. Each base model's map
 goes to ``explain/method-<m>/seed-<n>/`` and their mean (the ensemble map, paper 001) to
 ``explain/method-<m>/``, as NIfTI in template space on the model grid.
@@ -15,6 +18,7 @@ import numpy as np
 from brainage.config import TRAINING_MEAN
 from brainage.io.nifti import save_nifti
 from brainage.workflow.stage import ItemResult, RunContext, Stage, subject_of
+from brainage.workflow.stages.train import explaining_items, parse_model_item, reference_item
 
 UNOISE = "unoise"
 
@@ -27,6 +31,11 @@ def explained_subjects(ctx: RunContext) -> list[str]:
     splits = {"test": ("test",), "heldout": ("validation", "test"), "all": None}[which]
     pids = ctx.ok_subjects() if splits is None else ctx.subjects_in(*splits)
     return [p for p in pids if ("preprocess", p) in ctx.records]
+
+
+def _folds_of(items: list[str]) -> list[int | None]:
+    """Outer folds of base-model items, in order of appearance."""
+    return list(dict.fromkeys(parse_model_item(i)[0] for i in items))
 
 
 def _uses_reference(params: dict) -> bool:
@@ -45,12 +54,13 @@ class NoiseStage(Stage):
             return []
         return sorted(ctx.stage_records("train"))
 
-    def _fit_subjects(self, ctx: RunContext) -> tuple[list[str], list[str]]:
+    def _fit_subjects(self, ctx: RunContext, item: str) -> tuple[list[str], list[str]]:
         n = ctx.config.explain.unoise_fit.n_subjects
-        return ctx.subjects_in("train")[:n], ctx.subjects_in("validation")
+        fold = parse_model_item(item)[0]
+        return ctx.subjects_in("train", fold=fold)[:n], ctx.subjects_in("validation", fold=fold)
 
     def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
-        tr, va = self._fit_subjects(ctx)
+        tr, va = self._fit_subjects(ctx, item)
         return [("train", item), *[("preprocess", p) for p in tr + va]]
 
     def params(self, ctx: RunContext, item: str) -> dict:
@@ -60,7 +70,7 @@ class NoiseStage(Stage):
 
     def inputs(self, ctx: RunContext, item: str) -> dict:
         ages = ctx.ages()
-        tr, va = self._fit_subjects(ctx)
+        tr, va = self._fit_subjects(ctx, item)
         return {"subjects": [[p, ages[p]] for p in tr + va]}
 
     def seed(self, ctx: RunContext, item: str) -> int:
@@ -72,9 +82,10 @@ class NoiseStage(Stage):
 
         rec = ctx.record("train", item)
         model, meta = load_model(rec.output(ctx.models, "model.json").parent)
-        tr, va = self._fit_subjects(ctx)
+        tr, va = self._fit_subjects(ctx, item)
         ages = ctx.ages()
-        path = ctx.layout.noise_model(int(meta["seed"]))
+        fold, seed = parse_model_item(item)
+        path = ctx.layout.noise_model(seed, fold)
         for old in (path, path.with_suffix(".json")):
             old.unlink(missing_ok=True)  # a model of other inputs goes first
         fit_unoise(
@@ -102,16 +113,18 @@ class ExplainStage(Stage):
 
     def items(self, ctx: RunContext) -> list[str]:
         pids = explained_subjects(ctx)
+        pids = sorted(pids, key=lambda p: ctx.fold_of(p) or 0)  # batches within one fold
         return [f"{m}/{p}" for m in ctx.config.explain.methods for p in pids]
 
     def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
         method, pid = item.split("/", 1)
-        deps = [("train", i) for i in sorted(ctx.stage_records("train"))]
+        models = explaining_items(ctx, pid)
+        deps = [("train", i) for i in models]
         deps.append(("preprocess", pid))  # the subject's input (not the whole stack)
         if _uses_reference(ctx.config.explain.method_params(method)):
-            deps.append(("reference", "trainingmean"))
+            deps += [("reference", reference_item(f)) for f in _folds_of(models)]
         if method == UNOISE:
-            deps += [("noise", i) for i in sorted(ctx.stage_records("noise"))]
+            deps += [("noise", i) for i in models if ("noise", i) in ctx.records]
         return deps
 
     def params(self, ctx: RunContext, item: str) -> dict:
@@ -135,13 +148,19 @@ class ExplainStage(Stage):
         return cache[key]
 
     def compute_batch(self, ctx: RunContext, items, keys) -> list:
-        out = []
-        for method in dict.fromkeys(i.split("/", 1)[0] for i in items):
-            group = [i for i in items if i.split("/", 1)[0] == method]
-            out += self._explain(ctx, method, [subject_of(i) for i in group])
-        return out
+        results = {}
+        groups: dict[tuple, list[str]] = {}
+        for i in items:  # one group per method and set of explaining models (fold)
+            method, pid = i.split("/", 1)
+            groups.setdefault((method, tuple(explaining_items(ctx, pid))), []).append(i)
+        for (method, models), group in groups.items():
+            maps = self._explain(ctx, method, list(models), [subject_of(i) for i in group])
+            results.update(zip(group, maps, strict=True))
+        return [results[i] for i in items]
 
-    def _explain(self, ctx: RunContext, method: str, pids: list[str]) -> list[ItemResult]:
+    def _explain(
+        self, ctx: RunContext, method: str, items: list[str], pids: list[str]
+    ) -> list[ItemResult]:
         import torch
 
         from brainage.explain import explain
@@ -149,18 +168,23 @@ class ExplainStage(Stage):
         from brainage.workflow.stages.predict import load_models
         from brainage.workflow.stages.train import load_reference
 
-        train_keys = tuple(r.key for _, r in sorted(ctx.stage_records("train").items()))
-        models = self._loaded(("models", train_keys), lambda: load_models(ctx))
+        train_keys = tuple(ctx.record("train", i).key for i in items)
+        models = self._loaded(("models", train_keys), lambda: load_models(ctx, items))
         params = ctx.config.explain.method_params(method)
         if _uses_reference(params):
-            ref_key = ctx.record("reference", "trainingmean").key
-            params["baseline"] = self._loaded(("reference", ref_key), lambda: load_reference(ctx))
+            folds = _folds_of(items)
+            ref_keys = tuple(ctx.record("reference", reference_item(f)).key for f in folds)
+            fold = folds[0] if len(folds) == 1 else None
+            params["baseline"] = self._loaded(
+                ("reference", ref_keys), lambda: load_reference(ctx, fold)
+            )
         per_model = [dict(params) for _ in models]
         if method == UNOISE:
             from brainage.explain.unoise import load_unoise
 
-            for pm, (name, _, _) in zip(per_model, models, strict=True):
-                rec = ctx.records.get(("noise", name))
+            for pm, item in zip(per_model, items, strict=True):
+                name = item
+                rec = ctx.records.get(("noise", item))
                 if rec is None:
                     from brainage.errors import InputError
 
@@ -178,17 +202,25 @@ class ExplainStage(Stage):
             explain(m, vols, method, batch_size=bs, **pm)
             for (_, m, _), pm in zip(models, per_model, strict=True)
         ]
+        by_name: dict[str, list[int]] = {}  # seed-<n> → its models (one per fold)
+        for j, (name, _, _) in enumerate(models):
+            by_name.setdefault(name, []).append(j)
         results = []
         for c, pid in enumerate(pids):
             meta = {"space": "MNI152NLin2009aSym", "method": method}
             outputs = {}
-            for (name, _, _), mp in zip(models, maps, strict=True):
+            for name, js in by_name.items():
                 path = ctx.layout.relevance(method, pid, name)
-                save_nifti(mp[c, 0], grid.affine, path, metadata=meta)
+                save_nifti(
+                    np.mean([maps[j][c, 0] for j in js], axis=0),
+                    grid.affine,
+                    path,
+                    metadata={**meta, "models": [items[j] for j in js]},
+                )
                 outputs[name] = path
             mean = np.mean([mp[c, 0] for mp in maps], axis=0)
             path = ctx.layout.relevance(method, pid)
-            save_nifti(mean, grid.affine, path, metadata={**meta, "models": len(models)})
+            save_nifti(mean, grid.affine, path, metadata={**meta, "models": items})
             outputs["ensemble"] = path
             results.append(ItemResult(outputs))
         return results

@@ -1,10 +1,15 @@
-"""Stage ``predict``: base-model predictions → ridge head → age-bias correction (METHODS §5–§6).
+"""Stage ``predict``: base models → ridge head → age-bias correction → interval (METHODS §5–§6).
 
-In a run (``mode="run"``) the head and the correction are fitted on the validation subjects only
-(out-of-fold within validation, so the correction never sees predictions fitted to the same
-ages); test subjects are never used for fitting. In ``brainage predict`` (``mode="apply"``) the
-fitted head and correction of the ``--model`` run are applied. Writes ``predictions.tsv``,
-``metrics.tsv`` and, in a run, ``ensemble.json`` and ``bias_correction.json``.
+Per outer fold (one "fold" in a hold-out run) the ridge head and the age-bias correction are
+fitted on that fold's validation subjects only (the correction on out-of-fold head predictions),
+and applied to the subjects the fold holds out. With cross-fitting every subject with age is
+thus predicted by models, a head and a correction that never saw it; subjects without age get
+the mean over all folds. The calibrated interval ``brain_age_lower/upper`` is cross-conformal on
+the out-of-fold residuals (each fold calibrated on the others), or split-conformal on the
+validation subjects of a hold-out run. In ``brainage predict`` (``mode="apply"``) the fitted heads,
+corrections and interval of the ``--model`` run are applied, averaged over its folds. Writes
+``predictions.tsv`` (+ its data dictionary ``predictions.json``), ``metrics.tsv`` and, in a run,
+``ensemble.json`` and ``bias_correction.json``.
 """
 
 from __future__ import annotations
@@ -16,73 +21,128 @@ import pandas as pd
 
 from brainage.ensemble import (
     AgeBiasCorrection,
+    ConformalInterval,
     RidgeHead,
+    base_spread,
+    cross_conformal_interval,
     ensemble_uncertainty,
     fit_ensemble_head,
+    interval_scores,
     regression_metrics,
 )
 from brainage.io.atomic import write_json, write_tsv
 from brainage.workflow.stage import ItemResult, RunContext, Stage
+from brainage.workflow.stages.train import fold_model_items, model_folds, parse_model_item
+
+#: Data dictionary of ``predictions.tsv``, written beside it as ``predictions.json`` (BIDS
+#: tabular-file sidecar: a description and units per column).
+PREDICTION_COLUMNS: dict[str, dict] = {
+    "participant_id": {"Description": "BIDS participant label (sub-<label>)."},
+    "age": {"Description": "Chronological age.", "Units": "year"},
+    "fold": {
+        "Description": "Outer cross-fitting fold that holds the subject out: its brain age, "
+        "interval and relevance maps come from that fold's models, ensemble head and bias "
+        "correction, which never saw the subject. 0: no age, predicted by every fold (mean)."
+    },
+    "brain_age": {
+        "Description": "Predicted (brain) age: the ridge head over the base models (paper 001), "
+        "or their mean where the head did not beat the mean under cross-validation on the "
+        "validation subjects.",
+        "Units": "year",
+    },
+    "brain_age_corrected": {
+        "Description": "Age-bias corrected brain age (Smith et al. 2019): (brain_age - b) / a, "
+        "with brain_age = a * age + b fitted on the validation subjects of the fold.",
+        "Units": "year",
+    },
+    "brain_age_gap": {
+        "Description": "Brain-age gap: the recommended prediction minus age "
+        "(brain_age_corrected unless its guards failed; see bias_correction.json).",
+        "Units": "year",
+    },
+    "uncertainty": {
+        "Description": "Paper 001's uncertainty: width of the 95 % t-interval of the mean of "
+        "the base models (2 t s / sqrt(N), N base models, s their standard deviation). It "
+        "measures how much the base models disagree; it is not an interval for the age "
+        "(see brain_age_lower / brain_age_upper).",
+        "Units": "year",
+    },
+    "brain_age_lower": {
+        "Description": "Lower end of the calibrated prediction interval of the age around "
+        "brain_age (level and method in ensemble.json 'interval'): cross-conformal on "
+        "out-of-fold absolute residuals, each fold calibrated on the other folds "
+        "(split-conformal on validation residuals in a hold-out run).",
+        "Units": "year",
+    },
+    "brain_age_upper": {
+        "Description": "Upper end of that interval.",
+        "Units": "year",
+    },
+    "split": {
+        "Description": "Role of the subject.",
+        "Levels": {
+            "train": "hold-out run: training subject (its predictions are fitted)",
+            "validation": "hold-out run: validation subject (early stopping, head, correction)",
+            "test": "held out: never seen by the models that predict it (with cross-fitting, "
+            "every subject with age)",
+            "predict": "no age: predicted, never scored",
+        },
+    },
+}
 
 
-def prediction_table(participant_ids, ages, base, brain_age, correction, split, names):
-    """Build the ``predictions.tsv`` table.
+def base_column_description(name: str) -> dict:
+    """Data-dictionary entry of the column ``brain_age_<name>`` (one base model)."""
+    return {
+        "Description": f"Prediction of base model {name} (of the subject's fold; the mean over "
+        "folds for subjects in no fold).",
+        "Units": "year",
+    }
+
+
+def load_models(ctx: RunContext, items=None):
+    """Return base models, their metadata and names (``seed-<n>``), in seed order.
 
     Parameters
     ----------
-    participant_ids : sequence of str, length n
-    ages : ndarray, shape (n,)
-        Chronological age, years (NaN = unknown).
-    base : ndarray, shape (n, n_models)
-        Base-model predictions, years.
-    brain_age : ndarray, shape (n,)
-        Ensemble prediction, years.
-    correction : AgeBiasCorrection
-        Fitted correction; its ``recommended_`` column defines the brain-age gap.
-    split : str or sequence of str
-    names : sequence of str, length n_models
-        Base-model names (``seed-<n>``), one extra column ``brain_age_<name>`` each.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``participant_id, age, brain_age, brain_age_corrected, brain_age_gap,
-        uncertainty, split, brain_age_<name>…``.
+    items : list of str, optional
+        Train items to load (default: the hold-out models, or those of every fold).
     """
-    corrected = correction.transform(brain_age)
-    use = corrected if correction.recommended_ == "brain_age_corrected" else brain_age
-    pred = pd.DataFrame(
-        {
-            "participant_id": list(participant_ids),
-            "age": ages,
-            "brain_age": brain_age,
-            "brain_age_corrected": corrected,
-            "brain_age_gap": use - ages,
-            "uncertainty": ensemble_uncertainty(base),
-            "split": split,
-        }
-    )
-    for j, name in enumerate(names):
-        pred[f"brain_age_{name}"] = base[:, j]
-    return pred
-
-
-def load_models(ctx: RunContext):
-    """Return the base models in use, their metadata and names (``seed-<n>``), in seed order."""
     from brainage.train import load_model
 
+    if items is None:
+        items = [i for f in model_folds(ctx) for i in fold_model_items(ctx, f)]
     out = []
-    for item, rec in sorted(ctx.stage_records("train").items(), key=lambda kv: kv[1].seed):
+    for item in items:
+        rec = ctx.record("train", item)
         model, meta = load_model(rec.output(ctx.models, "model.json").parent)
-        out.append((item, model, meta))
+        out.append((f"seed-{parse_model_item(item)[1]}", model, meta))
     return out
+
+
+def _fitted(ctx: RunContext) -> tuple[dict, ConformalInterval | None]:
+    """Heads, corrections (per fold) and interval of the ``--model`` run (``apply`` mode)."""
+    rec = ctx.record("fitted", "ensemble")
+    info = json.loads(rec.output(ctx.models, "ensemble").read_text())
+    if "folds" not in info:  # a hold-out run of brainage < 0.3
+        bias = json.loads(rec.output(ctx.models, "bias_correction").read_text())
+        info["folds"] = [{"fold": None, "head": info["head"], "bias_correction": bias}]
+    fits = {
+        f["fold"]: (
+            RidgeHead.from_dict(f["head"]),
+            AgeBiasCorrection.from_dict(f["bias_correction"]),
+        )
+        for f in info["folds"]
+    }
+    interval = ConformalInterval.from_dict(info["interval"]) if "interval" in info else None
+    return fits, interval
 
 
 class PredictStage(Stage):
     """See the module docstring."""
 
     name = "predict"
-    version = "1"
+    version = "2"
     requires = ("splits", "volumes", "train")
 
     def items(self, ctx: RunContext) -> list[str]:
@@ -101,83 +161,228 @@ class PredictStage(Stage):
         return {
             "ridge_alpha": c.ensemble.ridge_alpha,
             "ridge_positive": c.ensemble.ridge_positive,
+            "interval": c.ensemble.interval,
+            "interval_level": c.ensemble.interval_level,
             "bias_correction": c.bias_correction.to_dict(),
             "seed": c.seed,
         }
 
     def inputs(self, ctx: RunContext, item: str) -> dict:
         ages, split = ctx.ages(), ctx.split_of()
-        return {"subjects": [[p, ages[p], split.get(p)] for p in ctx.ok_subjects()]}
+        subjects = [[p, ages[p], split.get(p), ctx.fold_of(p)] for p in ctx.ok_subjects()]
+        return {"subjects": subjects}
 
     def seed(self, ctx: RunContext, item: str) -> int | None:
         return ctx.config.seed
 
-    def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
+    def _fit_fold(self, ctx, fold, pids, ages, rows_of, x, device, fitted) -> dict:
+        """Predict the subjects a fold is responsible for; fit (or apply) its head + correction."""
         from brainage.train import predict_volumes
-        from brainage.utils import select_device
 
-        layout = ctx.layout
-        x, rows = ctx.volumes()
-        pids = [p for p in ctx.ok_subjects() if p in rows]
-        x = np.asarray(x[np.array([rows[p] for p in pids])])
-        models = load_models(ctx)
-        device = select_device(ctx.config.train.device)
-        names = [name for name, _, _ in models]
+        c = ctx.config
+        items = fold_model_items(ctx, fold)
+        roles = ctx.roles.get(fold) if ctx.mode == "run" and fold is not None else None
+        if roles is None:  # hold-out run or brainage predict: every subject
+            idx = np.arange(len(pids))
+        else:  # validation (to fit the head) and the subjects the fold predicts
+            wanted = ("validation", "test", "predict")
+            idx = np.array([i for i, p in enumerate(pids) if roles.get(p) in wanted], dtype=int)
+        models = load_models(ctx, items)
+        xb = np.asarray(x[np.array([rows_of[pids[i]] for i in idx])])
         base = np.column_stack(
-            [predict_volumes(m.to(device), x, device=device) for _, m, _ in models]
+            [predict_volumes(m.to(device), xb, device=device) for _, m, _ in models]
         )
-        all_ages = ctx.ages()
-        ages = np.array([all_ages[p] for p in pids], float)
-        split = np.array([ctx.split_of()[p] for p in pids], dtype=object)
-        outputs = {}
-        train_mean = float(np.mean([meta["train_mean_age"] for _, _, meta in models]))
-        if ctx.mode == "apply":
-            fitted = ctx.record("fitted", "ensemble")
-            ens_info = json.loads(fitted.output(ctx.models, "ensemble").read_text())
-            head = RidgeHead.from_dict(ens_info["head"])
-            bc = AgeBiasCorrection.from_dict(
-                json.loads(fitted.output(ctx.models, "bias_correction").read_text())
-            )
+        a = ages[idx]
+        out = {
+            "fold": fold,
+            "items": items,
+            "names": [n for n, _, _ in models],
+            "pos": {int(i): k for k, i in enumerate(idx)},
+            "base": base,
+            "train_mean_age": float(np.mean([meta["train_mean_age"] for _, _, meta in models])),
+        }
+        if fitted is not None:
+            head, bc = fitted[fold]
             ens = head.predict(base)
         else:
-            c = ctx.config
-            val = split == "validation"
-            head, head_info = fit_ensemble_head(
-                base[val], ages[val], c.ensemble.ridge_alpha, c.ensemble.ridge_positive, seed=c.seed
+            if roles is None:
+                val = np.array([ctx.split_of()[pids[i]] == "validation" for i in idx])
+            else:
+                val = np.array([roles[pids[i]] == "validation" for i in idx])
+            e = c.ensemble
+            head, out["head_choice"] = fit_ensemble_head(
+                base[val], a[val], e.ridge_alpha, e.ridge_positive, seed=c.seed
             )
             ens = head.predict(base)
-            if head_info["kind"] == "ridge":  # out-of-fold head predictions for validation
-                ens[val] = head.cross_val_predict(base[val], ages[val], seed=c.seed)
+            if out["head_choice"]["kind"] == "ridge":  # out-of-fold head predictions
+                ens[val] = head.cross_val_predict(base[val], a[val], seed=c.seed)
             b = c.bias_correction
-            bc = AgeBiasCorrection(b.min_slope, b.n_bootstrap, c.seed).fit(ages[val], ens[val])
-            bias = bc.to_dict()
-            bias["gap_from"] = bc.recommended_
-            outputs["bias_correction"] = write_json(layout.file("bias_correction.json"), bias)
-            outputs["ensemble"] = write_json(
-                layout.file("ensemble.json"),
-                {
-                    "base_models": [
-                        layout.relative(ctx.layout.model_dir(int(n.split("-")[1]))) for n in names
-                    ],
-                    "names": names,
-                    "head": head.to_dict(),
-                    "head_choice": head_info,
-                    "train_mean_age": train_mean,
-                    "resolution_mm": ctx.config.train.resolution_mm,
-                },
+            bc = AgeBiasCorrection(b.min_slope, b.n_bootstrap, c.seed).fit(a[val], ens[val])
+        corrected = bc.transform(ens)
+        out.update(head=head, bc=bc, ens=ens, corrected=corrected)
+        out["use"] = corrected if bc.recommended_ == "brain_age_corrected" else ens
+        return out
+
+    def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
+        from brainage.utils import select_device
+
+        layout, c = ctx.layout, ctx.config
+        x, rows_of = ctx.volumes()
+        pids = [p for p in ctx.ok_subjects() if p in rows_of]
+        all_ages, all_splits = ctx.ages(), ctx.split_of()
+        ages = np.array([all_ages[p] for p in pids], float)
+        split = np.array([all_splits[p] for p in pids], dtype=object)
+        device = select_device(c.train.device)
+        folds = model_folds(ctx)
+        crossfit = folds != [None]
+        fitted, interval = _fitted(ctx) if ctx.mode == "apply" else (None, None)
+        fits = [self._fit_fold(ctx, f, pids, ages, rows_of, x, device, fitted) for f in folds]
+        names = fits[0]["names"]
+        if any(f["names"] != names for f in fits):
+            raise RuntimeError(f"folds have different base models: {[f['names'] for f in fits]}")
+        own = np.array([(ctx.fold_of(p) or 0) if ctx.mode == "run" else 0 for p in pids])
+
+        def combine(field: str) -> np.ndarray:
+            """Per subject: its own fold's value, else the mean over the folds."""
+            vals = []
+            for i in range(len(pids)):
+                fs = [f for f in fits if own[i] in (0, f["fold"]) and i in f["pos"]]
+                vals.append(np.mean([f[field][f["pos"][i]] for f in fs], axis=0))
+            return np.array(vals)
+
+        brain_age, corrected, use = combine("ens"), combine("corrected"), combine("use")
+        base = combine("base")
+        every_base = [
+            np.concatenate(
+                [f["base"][f["pos"][i]] for f in fits if own[i] in (0, f["fold"]) and i in f["pos"]]
             )
-        pred = prediction_table(pids, ages, base, ens, bc, split, names)
-        corrected = pred["brain_age_corrected"].to_numpy()
-        metrics = []
-        for s in ("train", "validation", "test", "predict"):
-            sel = (split == s) & np.isfinite(ages)
-            if not sel.any():
-                continue
-            cols = [(n, base[sel, j]) for j, n in enumerate(names)]
-            cols += [("ensemble", ens[sel]), ("ensemble_corrected", corrected[sel])]
-            cols += [("mean_age_baseline", np.full(sel.sum(), train_mean))]
-            for name, values in cols:
-                metrics.append({"model": name, "split": s, **regression_metrics(ages[sel], values)})
-        outputs["predictions"] = write_tsv(layout.file("predictions.tsv"), pred)
-        outputs["metrics"] = write_tsv(layout.file("metrics.tsv"), pd.DataFrame(metrics))
-        return ItemResult(outputs, seed=self.seed(ctx, item))
+            for i in range(len(pids))
+        ]
+        uncertainty = np.array([ensemble_uncertainty(b[None])[0] for b in every_base])
+        spread = np.array([base_spread(b[None])[0] for b in every_base])
+        baseline = np.array(
+            [
+                np.mean([f["train_mean_age"] for f in fits if own[i] in (0, f["fold"])])
+                for i in range(len(pids))
+            ]
+        )
+        kind, level = c.ensemble.interval, c.ensemble.interval_level
+        if ctx.mode == "apply":
+            if interval is None:
+                lower = upper = np.full(len(pids), np.nan)
+            else:
+                lower, upper = interval.predict(brain_age, spread)
+        elif crossfit:
+            lower, upper, interval = cross_conformal_interval(
+                ages, brain_age, spread, own, kind, level
+            )
+        else:
+            val = split == "validation"
+            interval = ConformalInterval(kind, level).fit(ages[val], brain_age[val], spread[val])
+            lower, upper = interval.predict(brain_age, spread)
+
+        pred = pd.DataFrame({"participant_id": pids, "age": ages})
+        if crossfit:
+            pred["fold"] = own
+        pred["brain_age"] = brain_age
+        pred["brain_age_corrected"] = corrected
+        pred["brain_age_gap"] = use - ages
+        pred["uncertainty"] = uncertainty
+        pred["brain_age_lower"] = lower
+        pred["brain_age_upper"] = upper
+        pred["split"] = split
+        for j, name in enumerate(names):
+            pred[f"brain_age_{name}"] = base[:, j]
+        dictionary = {k: v for k, v in PREDICTION_COLUMNS.items() if k in pred}
+        dictionary.update({f"brain_age_{n}": base_column_description(n) for n in names})
+
+        metrics = _metrics(ages, split, own, base, names, brain_age, corrected, baseline, crossfit)
+        scored = np.isfinite(ages) & np.isin(split, ["test"])
+        interval_fit = interval_scores(ages[scored], lower[scored], upper[scored])
+        outputs = {
+            "predictions": write_tsv(layout.file("predictions.tsv"), pred),
+            "dictionary": write_json(layout.file("predictions.json"), dictionary),
+            "metrics": write_tsv(layout.file("metrics.tsv"), pd.DataFrame(metrics)),
+        }
+        if ctx.mode == "run":
+            outputs.update(self._write_fits(ctx, fits, interval, interval_fit, crossfit))
+        return ItemResult(outputs, {"interval": interval_fit}, seed=self.seed(ctx, item))
+
+    def _write_fits(self, ctx, fits, interval, interval_fit, crossfit) -> dict:
+        layout = ctx.layout
+        fold_info, biases = [], []
+        for f in fits:
+            bias = {**f["bc"].to_dict(), "gap_from": f["bc"].recommended_}
+            biases.append({"fold": f["fold"], **bias})
+            fold_info.append(
+                {
+                    "fold": f["fold"],
+                    "items": f["items"],
+                    "base_models": [
+                        layout.relative(layout.model_dir(parse_model_item(i)[1], f["fold"]))
+                        for i in f["items"]
+                    ],
+                    "head": f["head"].to_dict(),
+                    "head_choice": f["head_choice"],
+                    "bias_correction": bias,
+                    "train_mean_age": f["train_mean_age"],
+                }
+            )
+        bias_file = biases[0] if not crossfit else _bias_summary(biases)
+        ensemble = {
+            "scheme": "kfold" if crossfit else "holdout",
+            "names": fits[0]["names"],
+            "folds": fold_info,
+            "interval": {**interval.to_dict(), "scores": interval_fit},
+            "train_mean_age": float(np.mean([f["train_mean_age"] for f in fits])),
+            "resolution_mm": ctx.config.train.resolution_mm,
+        }
+        return {
+            "bias_correction": write_json(layout.file("bias_correction.json"), bias_file),
+            "ensemble": write_json(layout.file("ensemble.json"), ensemble),
+        }
+
+
+def _bias_summary(biases: list[dict]) -> dict:
+    """``bias_correction.json`` of a cross-fitted run: a summary over folds, and every fold."""
+    slopes = np.array([b["slope"] for b in biases], float)
+    recommended = [b["recommended_column"] for b in biases]
+    column = max(set(recommended), key=recommended.count)
+    warnings = [f"fold {b['fold']}: {w}" for b in biases for w in b.get("warnings", [])]
+    return {
+        "slope": float(np.median(slopes)),
+        "intercept": float(np.median([b["intercept"] for b in biases])),
+        "slope_ci": [float(slopes.min()), float(slopes.max())],
+        "slope_ci_meaning": "range of the folds' slopes (each fold has its bootstrap CI)",
+        "n_validation": int(sum(b.get("n_validation", 0) for b in biases)),
+        "val_mae_before": float(np.mean([b["val_mae_before"] for b in biases])),
+        "val_mae_after_cv": float(np.mean([b["val_mae_after_cv"] for b in biases])),
+        "recommended_column": column,
+        "n_folds_recommending": int(recommended.count(column)),
+        "warnings": warnings,
+        "folds": biases,
+    }
+
+
+def _metrics(ages, split, own, base, names, brain_age, corrected, baseline, crossfit) -> list:
+    """Rows of ``metrics.tsv``: per split (``fold`` = all) and, cross-fitted, per outer fold."""
+    rows = []
+
+    def add(sel, s, fold):
+        cols = [(n, base[sel, j]) for j, n in enumerate(names)]
+        cols += [("ensemble", brain_age[sel]), ("ensemble_corrected", corrected[sel])]
+        cols += [("mean_age_baseline", baseline[sel])]
+        for name, values in cols:
+            scores = regression_metrics(ages[sel], values)
+            rows.append({"model": name, "split": s, "fold": fold, **scores})
+
+    for s in ("train", "validation", "test", "predict"):
+        sel = (split == s) & np.isfinite(ages)
+        if sel.any():
+            add(sel, s, "all")
+    if crossfit:
+        for k in sorted(set(own[own > 0].tolist())):
+            sel = (own == k) & np.isfinite(ages)
+            if sel.any():
+                add(sel, "test", str(k))
+    return rows

@@ -1,20 +1,23 @@
-"""Stage ``splits``: assign every subject to train / validation / test / predict before any work.
+"""Stage ``splits``: assign every subject to its folds and splits before any work.
 
 The split is drawn from the cohort (ages), so a subject that fails later keeps everyone else's
 split. Keyed by the participant ids, the ages, the ``split`` section and the seed; writes
-``splits.tsv`` (``participant_id, age, split``), and ``cohort.tsv`` (with the image paths).
+``splits.tsv`` and ``cohort.tsv`` (with the image paths). With cross-fitting (``kfold``)
+``splits.tsv`` has ``participant_id, age, split, fold`` and one column ``fold-<k>`` per outer fold
+with the subject's role there (``train``, ``validation``, ``test``, ``predict``); every subject
+with age has split ``test`` (out-of-fold). With ``holdout`` it has ``participant_id, age, split``.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from brainage.data.splits import make_splits
+from brainage.data.splits import fold_column, make_folds, make_splits
 from brainage.io.atomic import write_tsv
 from brainage.workflow.stage import ItemResult, RunContext, Stage
 
 #: Columns of ``cohort.tsv`` (those the cohort has).
-COHORT_COLUMNS = ("participant_id", "age", "sex", "site", "split", "t1w")
+COHORT_COLUMNS = ("participant_id", "age", "sex", "site", "split", "fold", "t1w")
 
 
 class SplitsStage(Stage):
@@ -39,16 +42,19 @@ class SplitsStage(Stage):
         return ctx.config.seed
 
     def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
-        table = ctx.cohort.copy()
+        table = ctx.cohort[["participant_id", "age"]].copy()
+        sp = ctx.config.split
         if ctx.mode == "apply":
             table["split"] = "predict"
+        elif sp.scheme == "kfold":
+            folds = make_folds(table, sp.n_folds, sp.validation_fraction, ctx.config.seed)
+            table = pd.concat([table.reset_index(drop=True), folds.reset_index(drop=True)], axis=1)
         else:
-            sp = ctx.config.split
             table["split"] = make_splits(
                 table, sp.test_fraction, sp.validation_fraction, ctx.config.seed
             ).to_numpy()
         splits = ctx.layout.file("splits.tsv")
-        write_tsv(splits, table[["participant_id", "age", "split"]])
+        write_tsv(splits, table)
         return ItemResult({"splits": splits}, seed=self.seed(ctx, item))
 
     def finish(self, ctx: RunContext) -> None:
@@ -56,8 +62,18 @@ class SplitsStage(Stage):
         splits = pd.read_csv(
             rec.output(ctx.layout, "splits"), sep="\t", dtype={"participant_id": str}
         )
+        pids = splits["participant_id"]
         ctx.cohort["split"] = ctx.cohort["participant_id"].map(
-            dict(zip(splits["participant_id"], splits["split"], strict=True))
+            dict(zip(pids, splits["split"], strict=True))
         )
+        ctx.roles = {}
+        if "fold" in splits:
+            ctx.cohort["fold"] = ctx.cohort["participant_id"].map(
+                dict(zip(pids, splits["fold"].astype(int), strict=True))
+            )
+            k = 1
+            while fold_column(k) in splits:
+                ctx.roles[k] = dict(zip(pids, splits[fold_column(k)], strict=True))
+                k += 1
         table = ctx.cohort  # the cohort as read now (image paths), with its splits
         write_tsv(ctx.layout.file("cohort.tsv"), table[[c for c in COHORT_COLUMNS if c in table]])

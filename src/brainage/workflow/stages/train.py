@@ -1,8 +1,11 @@
-"""Stages ``train`` (one base model per seed, METHODS §3) and ``reference`` (mean training image).
+"""Stages ``train`` (one base model per fold × seed, METHODS §3) and ``reference`` (mean image).
 
-A base model is keyed by the ``train`` section, its seed, and the participant ids, ages, splits
-and preprocessing keys of its training and validation subjects — not by any test subject, so
-changing a test scan or a test age retrains nothing. Training checkpoints every epoch into
+With cross-fitting the items are ``fold-<k>_seed-<n>`` (trained and validated on the subjects
+that fold ``k`` does not hold out), with a hold-out ``seed-<n>``. A base model is keyed by the
+``train`` section, its seed, and the participant ids, ages, roles and preprocessing keys of its
+training and validation subjects — not by any test subject, so changing a test scan or a test
+age retrains nothing. The items run on the executor (local processes or Dask, with the machine's
+threads shared between the workers). Training checkpoints every epoch into
 ``OUT/work/checkpoints`` (named by the item's key), so a killed run resumes mid-training, and a
 checkpoint of other inputs is never resumed.
 """
@@ -15,43 +18,90 @@ from brainage.io.nifti import save_nifti
 from brainage.workflow.stage import ItemResult, RunContext, Stage
 
 
-def _subject_inputs(ctx: RunContext, pids) -> list:
-    ages, split = ctx.ages(), ctx.split_of()
-    return [[p, ages[p], split[p]] for p in pids]
+def model_item(fold: int | None, seed: int) -> str:
+    """Item name of a base model: ``fold-<k>_seed-<n>`` (cross-fitting) or ``seed-<n>``."""
+    return f"seed-{int(seed)}" if fold is None else f"fold-{int(fold)}_seed-{int(seed)}"
+
+
+def parse_model_item(item: str) -> tuple[int | None, int]:
+    """``"fold-2_seed-1"`` → ``(2, 1)``; ``"seed-1"`` → ``(None, 1)``."""
+    fold = None
+    if item.startswith("fold-"):
+        head, item = item.split("_", 1)
+        fold = int(head.split("-", 1)[1])
+    return fold, int(item.split("-", 1)[1])
+
+
+def model_folds(ctx: RunContext) -> list[int | None]:
+    """Outer folds of the base models in use (``[None]``: a hold-out run)."""
+    folds = {parse_model_item(i)[0] for i in ctx.stage_records("train")}
+    return sorted(folds, key=lambda f: -1 if f is None else f) or [None]
+
+
+def fold_model_items(ctx: RunContext, fold: int | None) -> list[str]:
+    """Finished base-model items of outer fold ``fold``, in seed order."""
+    items = [i for i in ctx.stage_records("train") if parse_model_item(i)[0] == fold]
+    return sorted(items, key=lambda i: parse_model_item(i)[1])
+
+
+def explaining_items(ctx: RunContext, participant_id: str) -> list[str]:
+    """Return the base models that may predict and explain ``participant_id``.
+
+    With cross-fitting a subject with age is held out by exactly one fold, whose models never
+    saw it; a subject without age, and every subject of ``brainage predict``, gets all folds.
+    """
+    fold = ctx.fold_of(participant_id) if ctx.mode == "run" else None
+    if fold is not None:
+        return fold_model_items(ctx, fold)
+    return [i for f in model_folds(ctx) for i in fold_model_items(ctx, f)]
+
+
+def _subject_inputs(ctx: RunContext, pids, fold: int | None) -> list:
+    ages = ctx.ages()
+    roles = ctx.split_of() if fold is None else ctx.roles[fold]
+    return [[p, ages[p], roles[p]] for p in pids]
 
 
 class TrainStage(Stage):
     """See the module docstring."""
 
     name = "train"
-    version = "1"
+    version = "2"
     requires = ("splits", "preprocess", "volumes")
+    parallel = True
 
     def items(self, ctx: RunContext) -> list[str]:
-        return [f"seed-{s}" for s in ctx.config.seeds]
+        return [model_item(f, s) for f in ctx.folds() for s in ctx.config.seeds]
 
-    def _subjects(self, ctx: RunContext) -> list[str]:
-        return ctx.subjects_in("train", "validation")
+    def _subjects(self, ctx: RunContext, item: str) -> list[str]:
+        return ctx.subjects_in("train", "validation", fold=parse_model_item(item)[0])
 
     def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
-        return [("preprocess", p) for p in self._subjects(ctx)]
+        return [("preprocess", p) for p in self._subjects(ctx, item)]
 
     def params(self, ctx: RunContext, item: str) -> dict:
         return ctx.config.train.to_dict()
 
     def inputs(self, ctx: RunContext, item: str) -> dict:
-        return {"subjects": _subject_inputs(ctx, self._subjects(ctx))}
+        fold = parse_model_item(item)[0]
+        return {"subjects": _subject_inputs(ctx, self._subjects(ctx, item), fold)}
 
     def seed(self, ctx: RunContext, item: str) -> int:
-        return int(item.split("-", 1)[1])
+        return parse_model_item(item)[1]
+
+    def threads_per_task(self, ctx: RunContext) -> int:
+        import os
+
+        return max(1, (os.cpu_count() or 1) // max(1, ctx.config.run.n_jobs))
 
     def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
         from brainage.errors import InputError
         from brainage.train import train_model
         from brainage.workflow.progress import StageProgress
 
-        seed = self.seed(ctx, item)
-        tr, va = ctx.subjects_in("train"), ctx.subjects_in("validation")
+        fold, seed = parse_model_item(item)
+        tr = ctx.subjects_in("train", fold=fold)
+        va = ctx.subjects_in("validation", fold=fold)
         if len(tr) < 2 or not va:
             raise InputError(
                 f"training needs ≥ 2 training and ≥ 1 validation subjects; got {len(tr)} and "
@@ -60,7 +110,7 @@ class TrainStage(Stage):
             )
         ages = ctx.ages()
         cfg = ctx.config.train
-        folder = ctx.layout.model_dir(seed)
+        folder = ctx.layout.model_dir(seed, fold)
         for name in ("model.json", "model.pt", "training_log.tsv"):
             (folder / name).unlink(missing_ok=True)  # outputs of other inputs go first
         ckpt_dir = ctx.layout.work / "checkpoints"
@@ -91,26 +141,29 @@ class TrainStage(Stage):
 
 
 class ReferenceStage(Stage):
-    """The mean training image on the model grid: the reference brain of IG and occlusion."""
+    """The mean training image of each fold's models: the reference brain of IG and occlusion."""
 
     name = "reference"
-    version = "1"
+    version = "2"
     requires = ("splits", "preprocess", "volumes")
 
     def items(self, ctx: RunContext) -> list[str]:
-        return ["trainingmean"]
+        return [reference_item(f) for f in ctx.folds()]
+
+    def _subjects(self, ctx: RunContext, item: str) -> list[str]:
+        return ctx.subjects_in("train", fold=_reference_fold(item))
 
     def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
-        return [("preprocess", p) for p in ctx.subjects_in("train")]
+        return [("preprocess", p) for p in self._subjects(ctx, item)]
 
     def inputs(self, ctx: RunContext, item: str) -> dict:
-        return {"subjects": ctx.subjects_in("train")}
+        return {"subjects": self._subjects(ctx, item)}
 
     def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
         from brainage.errors import InputError
         from brainage.space import template_grid
 
-        pids = ctx.subjects_in("train")
+        pids = self._subjects(ctx, item)
         if not pids:
             raise InputError("the mean training image needs training subjects; this run has none")
         x, rows = ctx.volumes()
@@ -119,17 +172,34 @@ class ReferenceStage(Stage):
         for start in range(0, idx.size, 32):  # bounded memory on the memory-mapped stack
             total += np.asarray(x[idx[start : start + 32]], np.float64).sum(axis=0)
         mean = (total / idx.size).astype(np.float32)
-        path = ctx.layout.reference
+        path = ctx.layout.reference(_reference_fold(item))
         grid = template_grid(ctx.layout.resolution_mm)
         meta = {"space": "MNI152NLin2009aSym", "desc": "trainingmean", "n_subjects": len(pids)}
         save_nifti(mean[0], grid.affine, path, metadata=meta)
         return ItemResult({"reference": path}, {"n_subjects": len(pids)})
 
 
-def load_reference(ctx: RunContext) -> np.ndarray:
-    """Return the mean training volume of the models in use, shape (1, i, j, k), float32."""
+def reference_item(fold: int | None) -> str:
+    """Item of the ``reference`` stage for ``fold``: ``fold-<k>`` or ``trainingmean``."""
+    return "trainingmean" if fold is None else f"fold-{int(fold)}"
+
+
+def _reference_fold(item: str) -> int | None:
+    return None if item == "trainingmean" else int(item.split("-", 1)[1])
+
+
+def load_reference(ctx: RunContext, fold: int | None = None) -> np.ndarray:
+    """Return the mean training volume of ``fold``'s models, shape (1, i, j, k), float32.
+
+    For a subject predicted by all folds (``fold=None`` in a cross-fitted run) this is the mean
+    of the folds' reference images.
+    """
     import nibabel as nib
 
-    rec = ctx.record("reference", "trainingmean")
-    img = nib.load(str(rec.output(ctx.models, "reference")))
-    return np.asarray(img.dataobj, dtype=np.float32)[None]
+    folds = [fold] if fold is not None else model_folds(ctx)
+    vols = []
+    for f in folds:
+        rec = ctx.record("reference", reference_item(f))
+        img = nib.load(str(rec.output(ctx.models, "reference")))
+        vols.append(np.asarray(img.dataobj, dtype=np.float32))
+    return np.mean(vols, axis=0).astype(np.float32)[None]
