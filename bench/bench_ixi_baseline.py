@@ -1,9 +1,11 @@
-"""Reference MAEs on IXI for the same hold-out split as `brainage run` (seed 0).
+"""Reference MAEs on IXI on the same subjects and splits as `brainage run` (seed 0).
 
-Prints the test MAE of (a) the mean-age predictor and (b) ridge regression on DLMUSE regional
-brain volumes (``derivatives/dlmuse/volumes.tsv``, each volume divided by the total brain volume,
-ridge alpha chosen by cross-validation on the training + validation subjects) — the baseline the
-CNN ensemble should beat — and, with ``--run DIR``, the run's own test MAE side by side.
+Prints the MAE of (a) the mean-age predictor and (b) ridge regression on DLMUSE regional brain
+volumes (``derivatives/dlmuse/volumes.tsv``, each volume divided by the total brain volume, ridge
+alpha chosen by cross-validation on the fitting subjects) — the baseline the CNN ensemble should
+beat — and, with ``--run DIR``, the run's own MAE side by side. With cross-fitting (the default)
+the baselines are fitted per outer fold of the run (``splits.tsv``) and scored out-of-fold on
+every subject with age, exactly like the run; with a hold-out run, on its test split.
 
 Usage::
 
@@ -22,7 +24,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from brainage.config import load_config
-from brainage.data import make_splits
+from brainage.data import make_folds, make_splits
 from brainage.io import read_bids
 
 IXI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ixi"
@@ -36,9 +38,12 @@ def main() -> None:
     cfg = load_config()
     cohort = read_bids(args.bids)
     table = cohort.table.copy()
-    if args.run and (args.run / "cohort.tsv").exists():
-        split = pd.read_csv(args.run / "cohort.tsv", sep="\t").set_index("participant_id")["split"]
-        table["split"] = table["participant_id"].map(split).fillna("excluded")
+    if args.run and (args.run / "splits.tsv").exists():
+        splits = pd.read_csv(args.run / "splits.tsv", sep="\t").drop(columns="age")
+        table = table.merge(splits, on="participant_id", how="left")
+    elif cfg.split.scheme == "kfold":
+        folds = make_folds(table, cfg.split.n_folds, cfg.split.validation_fraction, cfg.seed)
+        table = table.merge(folds.reset_index(), on="participant_id")
     else:
         table["split"] = make_splits(
             table, cfg.split.test_fraction, cfg.split.validation_fraction, cfg.seed
@@ -49,19 +54,40 @@ def main() -> None:
     single = [c for c in feats if int(c.split("_")[1]) < 300]  # single ROIs, no composites
     x = data[single].to_numpy(float)
     x = x / data[["MUSE_702"]].to_numpy(float) if "MUSE_702" in data else x  # relative volumes
-    fit = data["split"].isin(["train", "validation"]).to_numpy()
-    test = (data["split"] == "test").to_numpy()
     y = data["age"].to_numpy(float)
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 25))).fit(
-        x[fit], y[fit]
-    )
-    ridge_mae = np.mean(np.abs(model.predict(x[test]) - y[test]))
-    mean_mae = np.mean(np.abs(y[fit].mean() - y[test]))
-    print(f"IXI hold-out test subjects: {test.sum()} (fit on {fit.sum()})")
-    print(f"  mean-age predictor          MAE {mean_mae:5.2f} years")
-    print(f"  ridge on {len(single)} DLMUSE volumes  MAE {ridge_mae:5.2f} years")
+    # (fit, test) per outer fold; one pair for a hold-out split
+    if "fold" in data:
+        k = sorted(c for c in data.columns if c.startswith("fold-"))
+        pairs = [
+            (data[c].isin(["train", "validation"]).to_numpy(), (data[c] == "test").to_numpy())
+            for c in k
+        ]
+        label = f"{len(k)}-fold out-of-fold"
+    else:
+        pairs = [
+            (
+                data["split"].isin(["train", "validation"]).to_numpy(),
+                (data["split"] == "test").to_numpy(),
+            )
+        ]
+        label = "hold-out test"
+    ridge_pred, mean_pred = np.full(len(y), np.nan), np.full(len(y), np.nan)
+    for fit, test in pairs:
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 25)))
+        model.fit(x[fit], y[fit])
+        ridge_pred[test] = model.predict(x[test])
+        mean_pred[test] = y[fit].mean()
+    scored = np.isfinite(ridge_pred) & np.isfinite(y)
+    print(f"IXI {label} subjects: {scored.sum()}")
+    for name, pred in (
+        ("mean-age predictor", mean_pred),
+        (f"ridge on {len(single)} DLMUSE volumes", ridge_pred),
+    ):
+        print(f"  {name:<28} MAE {np.mean(np.abs(pred[scored] - y[scored])):5.2f} years")
     if args.run and (args.run / "metrics.tsv").exists():
         m = pd.read_csv(args.run / "metrics.tsv", sep="\t")
+        if "fold" in m:
+            m = m[m["fold"].astype(str) == "all"]
         for name in ("ensemble", "ensemble_corrected"):
             r = m[(m["model"] == name) & (m["split"] == "test")]
             if len(r):

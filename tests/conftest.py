@@ -48,3 +48,17 @@ def make_bids(root: Path, ages: dict, shape=(24, 28, 22)) -> Path:
         write_volume(root / pid / "anat" / f"{pid}_T1w.nii.gz", shape, seed=i)
     (root / "participants.tsv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def randomize_batchnorm(model, seed: int):
+    """Give every BatchNorm layer seeded non-trivial running statistics (so eval mode matters)."""
+    import torch
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _BatchNorm):
+                m.running_mean.copy_(0.3 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    return model

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from brainage.ensemble import (
@@ -150,3 +151,48 @@ def test_cross_conformal_calibrates_each_fold_on_the_others():
     # fold 1 is calibrated on folds 2 and 3 (small residuals) and so misses its subjects
     inside = (age >= lo) & (age <= hi)
     assert inside[groups == 1].mean() < 0.2 and inside[groups != 1].mean() > 0.5
+
+
+def test_head_takes_a_learner_only_when_it_lowers_the_validation_error():
+    from brainage.ensemble import fit_ensemble_head
+
+    rng = np.random.default_rng(3)
+    age = rng.uniform(20, 80, 40)
+    cnn = np.column_stack([age + rng.normal(0, 4, 40) for _ in range(2)])
+    bad = age.mean() + rng.normal(0, 1, 40)  # a learner that knows nothing
+    head, info = fit_ensemble_head(
+        np.column_stack([cnn, bad]), age, positive=True, networks=[True, True, False]
+    )
+    assert info["kind"] in ("mean_networks", "ridge")
+    assert head.coef_[2] < 0.1  # the useless learner gets (almost) no weight
+    assert info["cv_mae_mean_networks"] < info["cv_mae_mean"]
+    good = age + rng.normal(0, 4, 40)  # an independent learner as good as the CNNs
+    _, info = fit_ensemble_head(np.column_stack([cnn, good]), age, networks=[True, True, False])
+    assert info["kind"] != "mean_networks" and info["cv_mae_mean"] < info["cv_mae_mean_networks"]
+
+
+def test_voxel_ridge_recovers_a_linear_age_signal_and_equals_sklearn():
+    from sklearn.linear_model import Ridge
+
+    from brainage.models import fit_voxel_ridge
+
+    rng = np.random.default_rng(0)
+    n, shape = 60, (6, 7, 5)
+    mask = np.zeros(shape, bool)
+    mask[1:5, 1:6, 1:4] = True
+    age = rng.uniform(20, 80, n + 20)
+    x = rng.normal(0, 1, (n + 20, 1, *shape)).astype(np.float32)
+    x[:, 0, 2, 3, 2] += (age - 50) / 3  # one voxel carries age
+    x[:, 0, 0, 0, 0] = 100 * age  # outside the mask: must be ignored
+    model, info = fit_voxel_ridge(x[:n], age[:n], mask)
+    with torch.no_grad():
+        pred = model(torch.as_tensor(x[n:])).reshape(-1).numpy()
+    assert np.mean(np.abs(pred - age[n:])) < 8.0 < np.mean(np.abs(age[n:] - age[:n].mean()))
+    w = model.weight.detach().numpy()[0]
+    standardised = np.abs(w) * x[:n, 0].std(axis=0)  # weight per voxel sd
+    assert np.all(w[~mask] == 0) and standardised[2, 3, 2] == standardised.max()
+    # the same as sklearn's ridge on the standardised masked voxels, with the chosen penalty
+    f = x[:, 0][:, mask].astype(np.float64)
+    mu, sd = f[:n].mean(0), f[:n].std(0)
+    ref = Ridge(alpha=info["alpha"]).fit((f[:n] - mu) / sd, age[:n])
+    np.testing.assert_allclose(pred, ref.predict((f[n:] - mu) / sd), rtol=1e-4, atol=1e-3)

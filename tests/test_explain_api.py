@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_batchnorm
 from torch import nn
 
 from brainage.errors import ConfigError, DimensionError, InputError
 from brainage.explain import METHODS, explain, explain_ensemble, list_methods, register_method
-from brainage.models import HofmannCNN, ResNet3D
+from brainage.models import HofmannCNN, ProjectionCNN, ResNet3D
 
 torch.set_num_threads(1)
 
@@ -25,16 +26,6 @@ CHEAP = {  # small settings so every method runs in well under a second
 }
 
 
-def randomize_batchnorm(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm3d):
-                m.running_mean.copy_(0.3 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return model
-
-
 def hofmann(seed: int = 0) -> HofmannCNN:
     torch.manual_seed(seed)
     model = HofmannCNN(input_shape=SHAPE, filters=(4, 4, 8, 8, 4), dense=8).double()
@@ -44,6 +35,12 @@ def hofmann(seed: int = 0) -> HofmannCNN:
 def resnet(seed: int = 0) -> ResNet3D:
     torch.manual_seed(seed)
     model = ResNet3D(input_shape=SHAPE, layers=(1, 1, 1, 1), widths=(4, 8, 8, 16)).double()
+    return randomize_batchnorm(model, seed)
+
+
+def projection(seed: int = 0) -> ProjectionCNN:
+    torch.manual_seed(seed)
+    model = ProjectionCNN(input_shape=SHAPE, widths=(4, 8, 8), dense=8).double()
     return randomize_batchnorm(model, seed)
 
 
@@ -189,9 +186,12 @@ def with_bomb(kind: str) -> tuple[nn.Module, Bomb]:
     if kind == "hofmann":
         model = hofmann(5)
         model.features.insert(3, bomb)  # after the first LeakyReLU, before its max pooling
-    else:
+    elif kind == "resnet":
         model = resnet(5)
         model.layer2.append(bomb)
+    else:  # 2.5D: above the coronal Grad-CAM layer, so that its backward pass reaches the bomb
+        model = projection(5)
+        model.coronal.pool = nn.Sequential(bomb, model.coronal.pool)
     return model, bomb
 
 
@@ -237,7 +237,7 @@ def prepare(model: nn.Module) -> None:
     next(model.parameters()).requires_grad_(False)  # a frozen parameter must stay frozen
 
 
-@pytest.mark.parametrize("kind", ["hofmann", "resnet"])
+@pytest.mark.parametrize("kind", ["hofmann", "resnet", "projection"])
 @pytest.mark.parametrize("method", ALL)
 def test_no_hook_left_after_normal_use(kind, method):
     model, _ = with_bomb(kind)
@@ -249,7 +249,7 @@ def test_no_hook_left_after_normal_use(kind, method):
 
 
 @pytest.mark.parametrize("failure", ["forward", "forward-first", "backward"])
-@pytest.mark.parametrize("kind", ["hofmann", "resnet"])
+@pytest.mark.parametrize("kind", ["hofmann", "resnet", "projection"])
 @pytest.mark.parametrize("method", ALL)
 def test_no_hook_left_after_an_error_mid_explanation(kind, method, failure):
     model, bomb = with_bomb(kind)
@@ -258,7 +258,8 @@ def test_no_hook_left_after_an_error_mid_explanation(kind, method, failure):
     bomb.mode = failure
     params = dict(CHEAP[method])
     if method == "gradcam":  # a layer below the bomb, so that the backward pass reaches it
-        params["layer"] = "features.0" if kind == "hofmann" else "stem.0"
+        layers = {"hofmann": "features.0", "resnet": "stem.0", "projection": "coronal.features"}
+        params["layer"] = layers[kind]
     raised = False
     try:
         explain(model, volumes(7), method, **params)

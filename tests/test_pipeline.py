@@ -130,6 +130,11 @@ def test_run_outputs(tiny_run):
     assert {"key", "params", "inputs", "upstream", "seconds", "outputs"} <= set(rec)
     html = (out / "report.html").read_text()
     assert "<img" in html and "http://" not in html.replace("http://www.w3.org", "")
+    # the report's cross-fitting section: one row per fold and the interval's measured coverage
+    assert 'id="crossfit"' in html and html.count("head weights") == 1
+    ens = json.loads((out / "ensemble.json").read_text())
+    cover = ens["interval"]["scores"]["coverage"]
+    assert f"{cover * 100:.1f} %" in html
     prov = json.loads((out / "provenance.json").read_text())
     assert {"preprocess", "train", "predict", "explain", "population", "report"} <= set(
         prov["stage_seconds"]
@@ -150,7 +155,8 @@ def test_no_subject_is_predicted_or_explained_by_a_model_that_saw_it(tiny_run):
         item: {s[0] for s in rec.inputs["subjects"]}
         for item, rec in read_records(layout, "train").items()
     }
-    assert len(seen) == len(FOLDS) * len(cfg.seeds)
+    per_fold = len(cfg.seeds) + len(cfg.ensemble.learners)  # CNN seeds + the voxel ridge
+    assert len(seen) == len(FOLDS) * per_fold
     references = read_records(layout, "reference")
     reference_seen = {i: set(r.inputs["subjects"]) for i, r in references.items()}
     ensemble = json.loads((out / "ensemble.json").read_text())
@@ -161,7 +167,7 @@ def test_no_subject_is_predicted_or_explained_by_a_model_that_saw_it(tiny_run):
             assert all(pid not in s for s in seen.values())
             continue
         mine = fold_items[fold]
-        assert len(mine) == len(cfg.seeds) and all(pid not in seen[i] for i in mine)
+        assert len(mine) == per_fold and all(pid not in seen[i] for i in mine)
         assert pid not in reference_seen[f"fold-{fold}"]
         # and the check can fail: every other fold's models did see the subject
         assert all(pid in seen[i] for f, items in fold_items.items() if f != fold for i in items)
@@ -176,7 +182,7 @@ def test_no_subject_is_predicted_or_explained_by_a_model_that_saw_it(tiny_run):
     for item, rec in read_records(layout, "explain").items():
         pid = item.split("/", 1)[1]
         used = sorted(u.split("/", 1)[1] for u in rec.upstream if u.startswith("train/"))
-        assert used == sorted(fold_items[folds[pid]]), item
+        assert used == sorted(i for i in fold_items[folds[pid]] if "seed-" in i), item
         assert all(pid not in seen[i] for i in used)
         if item.startswith("unoise/"):  # and its noise models were fitted without it
             noise = read_records(layout, "noise")
@@ -225,7 +231,7 @@ def test_changing_one_scan_reruns_only_what_depends_on_it(tiny_run, tmp_path):
         "splits": 0,
         "preprocess": 1,
         "volumes": 1,
-        "train": 2 * n_seeds,
+        "train": 2 * (n_seeds + 1),  # + the voxel ridge of each fold
         "reference": sum(row[f"fold-{f}"] == "train" for f in FOLDS),  # training subjects only
         "noise": 2 * n_seeds,
         "predict": 1,
@@ -263,7 +269,8 @@ def test_changing_one_age_retrains_and_keeps_preprocessing(tiny_run, tmp_path):
     ]  # fmt: skip
     assert len(changed) >= 2  # at least the folds that train on the subject
     assert res.computed["preprocess"] == 0 and res.computed["volumes"] == 0
-    assert res.computed["splits"] == 1 and res.computed["train"] == len(changed) * len(cfg.seeds)
+    per_fold = len(cfg.seeds) + len(cfg.ensemble.learners)
+    assert res.computed["splits"] == 1 and res.computed["train"] == len(changed) * per_fold
     assert res.computed["predict"] == 1
     assert not np.allclose(res.predictions["brain_age"], before["brain_age"])
 
@@ -285,7 +292,7 @@ def test_same_seed_gives_byte_identical_predictions(tmp_path):
     a = run(read_bids(bids), tmp_path / "a", cfg, progress=False, targets=["predict"])
     # the second with its caches elsewhere (--work-dir): results do not depend on it
     b = run(read_bids(bids), tmp_path / "c", cfg, False, ["predict"], work_dir=tmp_path / "w")
-    assert a.computed["train"] == b.computed["train"] == len(FOLDS)
+    assert a.computed["train"] == b.computed["train"] == 2 * len(FOLDS)  # CNN + voxel ridge
     assert (
         list((tmp_path / "w").glob("volumes_res-4.npy")) and not (tmp_path / "c" / "work").exists()
     )
@@ -300,7 +307,7 @@ def test_holdout_scheme_still_splits_train_validation_test(tmp_path):
     bids = simulate_cohort(tmp_path / "b", n_subjects=24, resolution_mm=4.0, seed=6, progress=False)
     cfg = tiny_config(split={"scheme": "holdout"}, explain={"methods": []}, ensemble={"n_seeds": 2})
     res = run(read_bids(bids), tmp_path / "o", cfg, progress=False, targets=["predict"])
-    assert res.computed["train"] == 2 and (tmp_path / "o" / "models" / "seed-0").is_dir()
+    assert res.computed["train"] == 3 and (tmp_path / "o" / "models" / "seed-0").is_dir()
     pred = res.predictions
     assert "fold" not in pred and set(pred["split"]) == {"train", "validation", "test"}
     ens = json.loads((tmp_path / "o" / "ensemble.json").read_text())

@@ -79,6 +79,11 @@ class EnsembleConfig(Section):
         L2 penalty of the ridge head (> 0).
     ridge_positive : bool
         Non-negative ridge weights.
+    learners : list of {"voxel_ridge"}
+        Non-CNN base learners fitted per fold from the run's own preprocessing, next to the CNN
+        seeds: ``voxel_ridge`` is ridge regression on the model-input voxels inside the brain
+        mask (:func:`brainage.models.fit_voxel_ridge`). The head uses a learner only when that
+        lowers the validation MAE (see :func:`brainage.ensemble.fit_ensemble_head`).
     interval : {"conformal", "conformal_scaled"}
         Prediction interval of ``brain_age`` (columns ``brain_age_lower`` / ``brain_age_upper``):
         split-conformal from out-of-fold absolute residuals (constant width), or normalised by
@@ -92,6 +97,7 @@ class EnsembleConfig(Section):
     seeds: list[Annotated[int, Field(ge=0)]] | None = None
     ridge_alpha: Annotated[float, Field(gt=0)] = 1.0
     ridge_positive: bool = True
+    learners: list[Literal["voxel_ridge"]] = Field(default_factory=lambda: ["voxel_ridge"])
     interval: Literal["conformal", "conformal_scaled"] = "conformal"
     interval_level: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
 

@@ -112,14 +112,16 @@ class RidgeHead:
 
 
 def fit_ensemble_head(
-    predictions, ages, alpha: float = 1.0, positive: bool = True, seed: int = 0
+    predictions, ages, alpha: float = 1.0, positive: bool = True, seed: int = 0, networks=None
 ) -> tuple[RidgeHead, dict]:
     """Fit the ridge head of paper 001, guarded against over-fitting a small validation set.
 
     The ridge head and plain averaging are compared by 5-fold cross-validated MAE on the
     validation subjects; the ridge head is kept only when it is better. With tens of validation
     subjects a ridge head over N correlated base models tends to select a few of them and
-    extrapolate, which raises the error on new subjects.
+    extrapolate, which raises the error on new subjects. When some base models are non-CNN
+    learners (``networks`` marks the CNNs), the mean of the CNNs alone is a third candidate, so
+    a learner joins the ensemble only when it lowers the validation MAE.
 
     Parameters
     ----------
@@ -130,27 +132,35 @@ def fit_ensemble_head(
     alpha, positive : see :class:`RidgeHead`.
     seed : int
         Seed of the cross-validation folds.
+    networks : array-like of bool, shape (n_models,), optional
+        Which base models are CNNs (default: all).
 
     Returns
     -------
     head : RidgeHead
         The chosen head, fitted on all validation subjects.
     info : dict
-        ``{"kind": "ridge" | "mean", "cv_mae_ridge", "cv_mae_mean"}`` (years).
+        ``{"kind": "ridge" | "mean" | "mean_networks", "cv_mae_ridge", "cv_mae_mean",
+        "cv_mae_mean_networks"}`` (years; the means are not fitted, so their validation MAE is
+        already out-of-sample).
     """
     p = _check_2d(predictions)
     ages = np.asarray(ages, float)
+    n = p.shape[1]
+    networks = np.ones(n, bool) if networks is None else np.asarray(networks, bool)
     ridge = RidgeHead(alpha, positive).fit(p, ages)
     cv_ridge = float(np.mean(np.abs(ridge.cross_val_predict(p, ages, seed=seed) - ages)))
-    mean = RidgeHead.equal_weights(p.shape[1])
-    cv_mean = float(np.mean(np.abs(mean.predict(p) - ages)))
-    use_ridge = p.shape[1] > 1 and cv_ridge < cv_mean
-    info = {
-        "kind": "ridge" if use_ridge else "mean",
-        "cv_mae_ridge": cv_ridge,
-        "cv_mae_mean": cv_mean,
-    }
-    return (ridge if use_ridge else mean), info
+    heads = {"ridge": (ridge, cv_ridge)}
+    mean = RidgeHead.equal_weights(n)
+    heads["mean"] = (mean, float(np.mean(np.abs(mean.predict(p) - ages))))
+    if 0 < networks.sum() < n:
+        only = RidgeHead.equal_weights(n)
+        only.coef_ = np.where(networks, 1.0 / networks.sum(), 0.0)
+        heads["mean_networks"] = (only, float(np.mean(np.abs(only.predict(p) - ages))))
+    eligible = [k for k in heads if k != "ridge" or n > 1]
+    kind = min(eligible, key=lambda k: (heads[k][1], k != "mean"))  # ties: the plain mean
+    info = {"kind": kind, **{f"cv_mae_{k}": float(v[1]) for k, v in heads.items()}}
+    return heads[kind][0], info
 
 
 def ensemble_uncertainty(predictions, level: float = 0.95) -> np.ndarray:

@@ -1,6 +1,11 @@
-"""Grad-CAM on a chosen layer with captum, upsampled to the input grid (paper 004; METHODS §8)."""
+"""Grad-CAM on a chosen layer with captum, upsampled to the input grid (paper 004; METHODS §8).
+
+Layers of 2D branches of projection (2.5D) models are spread back along the projection axis.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -11,17 +16,22 @@ from brainage.explain._core import column_forward, register_method, resolve_laye
 _MODES = ("trilinear", "nearest", "area")
 
 
-def default_layer(model: nn.Module) -> str:
-    """Return the default Grad-CAM layer name of ``model``.
+def default_layer(model: nn.Module) -> str | tuple[str, ...]:
+    """Return the default Grad-CAM layer name(s) of ``model``.
 
+    The names of ``model.gradcam_layers`` if the model declares them (2.5D models such as
+    :class:`brainage.models.projection.ProjectionCNN`: one layer per 2D branch), else
     ``"layer3"`` if the model has it (ResNet3D, paper 004), else the name of the model's last
     ``nn.Conv3d`` (HofmannCNN: the last convolution, ``features.16``).
 
     Raises
     ------
     ConfigError
-        The model has neither.
+        The model has none of these.
     """
+    declared = _projected_layers(model)
+    if declared:
+        return tuple(declared)
     names = dict(model.named_modules())
     if "layer3" in names:
         return "layer3"
@@ -31,11 +41,55 @@ def default_layer(model: nn.Module) -> str:
     return convs[-1]
 
 
+def _projected_layers(model: nn.Module) -> dict[str, int]:
+    """``model.gradcam_layers`` (layer name → projected input axis 0/1/2), or {} if undeclared."""
+    declared = getattr(model, "gradcam_layers", None)
+    return dict(declared) if declared else {}
+
+
+def _layer_names(model: nn.Module, layer) -> list:
+    """Return the layer argument as a list of names or modules (None: :func:`default_layer`)."""
+    if layer is None:
+        layer = default_layer(model)
+    if isinstance(layer, (str, nn.Module)):
+        return [layer]
+    if isinstance(layer, (list, tuple)) and layer:
+        return list(layer)
+    raise ConfigError(
+        f"'layer' must be a module name, a list of module names or None; got {layer!r}"
+    )
+
+
+def _to_input_grid(cam: torch.Tensor, name: str, axis, x: torch.Tensor, mode: str):
+    """Upsample a layer's CAM to the input grid (i, j, k); shape (n, 1, i, j, k).
+
+    A 5D CAM (n, 1, a, b, d) is interpolated in 3D. A 4D CAM (n, 1, a, b) of a 2D branch whose
+    input was projected along ``axis`` is interpolated to the two remaining input axes and
+    repeated along ``axis``.
+    """
+    from captum.attr import LayerAttribution
+
+    grid = tuple(x.shape[2:])
+    if cam.ndim == 5:
+        return LayerAttribution.interpolate(cam, grid, interpolate_mode=mode)
+    if cam.ndim == 4 and axis is not None:
+        plane = tuple(s for a, s in enumerate(grid) if a != axis)
+        mode2d = "bilinear" if mode == "trilinear" else mode
+        cam = LayerAttribution.interpolate(cam, plane, interpolate_mode=mode2d)
+        return cam.unsqueeze(2 + axis).expand(-1, -1, *grid)
+    shape = tuple(cam.shape)
+    raise ConfigError(
+        f"Grad-CAM layer {name!r} must output a 5D tensor (n, channels, a, b, d), or a 4D tensor "
+        "(n, channels, a, b) of a 2D branch that the model lists in 'gradcam_layers'; "
+        f"got {shape}"
+    )
+
+
 @register_method("gradcam")
 def gradcam(
     model: nn.Module,
     x: torch.Tensor,
-    layer: str | None = None,
+    layer: str | Sequence[str] | None = None,
     relu: bool = False,
     interpolate_mode: str = "trilinear",
 ):
@@ -53,17 +107,30 @@ def gradcam(
     Units: years per layer voxel; e.g. when ``layer`` is followed only by global average
     pooling and the linear output neuron, the map on the layer's grid sums to ``f(x) − b_out``.
 
+    **2D layers of projection (2.5D) models.** A model may declare ``gradcam_layers``, a dict
+    from layer name to the input axis (0 = i, 1 = j, 2 = k) that its branch projected out before
+    that layer (:class:`brainage.models.projection.ProjectionCNN`:
+    ``{"coronal.features": 1, "sagittal.features": 0}``). The 2D CAM (n, 1, a, b) of such a
+    layer lives on the plane of the two remaining input axes: it is upsampled to them (bilinear
+    for ``"trilinear"``; ``"nearest"`` and ``"area"`` as named) and repeated along the projected
+    axis, e.g. the coronal branch's CAM is upsampled to (i, k) and repeated along j. With
+    several layers (a list, or the default of such a model) the 3D maps of the layers are
+    summed. Each branch's map is thus constant along its projection axis: it says which rays
+    matter, not where along them (paper 004, Appendix D).
+
     Parameters
     ----------
     model : torch.nn.Module
         Regressor with output shape (n, 1), years.
     x : Tensor, shape (n, c, i, j, k)
         Input volumes (model input space).
-    layer : str or None
-        Dotted module name, e.g. ``"layer3"`` (ResNet3D) or ``"features.12"`` (HofmannCNN);
-        None: :func:`default_layer`. The layer's output must be 5D (n, K, a, b, d).
+    layer : str, sequence of str or None
+        Dotted module name, e.g. ``"layer3"`` (ResNet3D) or ``"features.12"`` (HofmannCNN), or
+        several names (their maps are summed); None: :func:`default_layer`. Each layer's output
+        must be 5D (n, K, a, b, d), or 4D (n, K, a, b) for a layer the model lists in
+        ``gradcam_layers``.
     relu : bool
-        Clamp the map at 0 (before upsampling).
+        Clamp each layer's map at 0 (before upsampling and summing).
     interpolate_mode : {"trilinear", "nearest", "area"}
         Upsampling mode.
 
@@ -72,22 +139,24 @@ def gradcam(
     ndarray, shape (n, c, i, j, k), float32
         Grad-CAM map on the input's voxel grid (the same map in every channel).
     """
-    from captum.attr import LayerAttribution, LayerGradCam
+    from captum.attr import LayerGradCam
 
     if interpolate_mode not in _MODES:
         raise ConfigError(
             f"'interpolate_mode' must be one of {', '.join(_MODES)}; got {interpolate_mode!r}"
         )
-    _, module = resolve_layer(model, default_layer(model) if layer is None else layer)
-    cam = LayerGradCam(column_forward(model), module).attribute(
-        x, target=0, relu_attributions=bool(relu)
-    )
-    if not isinstance(cam, torch.Tensor) or cam.ndim != 5:
-        shape = tuple(cam.shape) if isinstance(cam, torch.Tensor) else type(cam).__name__
-        raise ConfigError(
-            f"Grad-CAM layer {layer!r} must output a 5D tensor (n, channels, a, b, d); got {shape}"
+    declared = _projected_layers(model)
+    total = None
+    for item in _layer_names(model, layer):
+        name, module = resolve_layer(model, item)
+        cam = LayerGradCam(column_forward(model), module).attribute(
+            x, target=0, relu_attributions=bool(relu)
         )
-    cam = LayerAttribution.interpolate(
-        cam.detach(), tuple(x.shape[2:]), interpolate_mode=interpolate_mode
-    )
-    return cam.expand(-1, x.shape[1], -1, -1, -1)
+        if not isinstance(cam, torch.Tensor):
+            raise ConfigError(
+                f"Grad-CAM layer {name!r} must output a 5D tensor (n, channels, a, b, d); "
+                f"got {type(cam).__name__}"
+            )
+        cam = _to_input_grid(cam.detach(), name, declared.get(name), x, interpolate_mode)
+        total = cam if total is None else total + cam
+    return total.expand(-1, x.shape[1], -1, -1, -1)

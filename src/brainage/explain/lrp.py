@@ -21,10 +21,39 @@ COMPOSITES = (
 
 
 def _box(value, x: torch.Tensor, reduce) -> torch.Tensor:
-    """Bound of the ZBox rule: per-volume min/max of ``x`` (None), a float, or a tensor."""
+    """Bound of the ZBox rule: per-volume min/max of ``x`` (None), a float, or a tensor.
+
+    The per-volume bound has shape (n,): zennit appends singleton axes to match the first
+    layer's input, so it suits a Conv3d on the volume and a Conv2d on a projection of it (whose
+    values lie within the volume's range) alike.
+    """
     if value is None:
-        return reduce(x.flatten(1), dim=1).values.reshape(-1, 1, 1, 1, 1)
+        return reduce(x.flatten(1), dim=1).values
     return torch.as_tensor(value, dtype=x.dtype, device=x.device)
+
+
+def _first_layers_by_name(composite, names: Sequence[str], zc):
+    """Give the first-layer rule of ``composite`` to the modules ``names`` (and to no others).
+
+    zennit's ``SpecialFirstLayerMapComposite`` applies its ``first_map`` to the first matching
+    module in module order only; a model with several input branches (a 2.5D projection model)
+    names its input layers instead, and every other module gets the ``layer_map`` rule.
+    Composites without a ``first_map`` are returned unchanged.
+    """
+    first_map = getattr(composite, "first_map", None)
+    if not first_map or not isinstance(composite, zc.LayerMapComposite):
+        return composite
+    names = frozenset(names)
+
+    def module_map(ctx, name, module):
+        if name in names:
+            for types, hook in first_map:
+                if isinstance(module, types):
+                    return hook
+        return zc.LayerMapComposite.mapping(composite, ctx, name, module)
+
+    composite.module_map = module_map
+    return composite
 
 
 def make_composite(
@@ -37,6 +66,7 @@ def make_composite(
     low=None,
     high=None,
     zero_bias: bool = True,
+    first_layers: Sequence[str] | None = None,
 ):
     """Build the zennit composite ``name`` for explaining ``x``.
 
@@ -57,13 +87,17 @@ def make_composite(
         The input batch (sets the default Z^B box bounds).
     canonizers : "auto", None or sequence of zennit canonizers
         ``"auto"``: :func:`brainage.explain.canonizers.default_canonizers` (BatchNorm merging and
-        the ``BasicBlock3D`` skip-connection ``Sum``); None or ``[]``: none.
+        the ``BasicBlock3D`` / ``Bottleneck3D`` skip-connection ``Sum``); None or ``[]``: none.
     epsilon, gamma, stabilizer : float
         ε of the ε rule, γ of the γ rule, and the denominator stabiliser of the other rules.
     low, high : float, Tensor or None
         Z^B bounds (intensity units of ``x``); None: each volume's own minimum / maximum.
     zero_bias : bool
         Give every rule ``zero_params=["bias"]`` so that biases absorb no relevance.
+    first_layers : sequence of str or None
+        Module names that get the first-layer rule (Flat, Z^B) instead of the first convolution
+        in module order, e.g. the first convolution of each branch of a 2.5D model
+        (``model.input_layers``); None: zennit's default.
 
     Returns
     -------
@@ -100,15 +134,15 @@ def make_composite(
         )
     zero_params = ["bias"] if zero_bias else None
     if name == "epsilon_plus_flat":
-        return zc.EpsilonPlusFlat(
+        comp = zc.EpsilonPlusFlat(
             epsilon=epsilon, stabilizer=stabilizer, zero_params=zero_params, canonizers=canon
         )
-    if name == "epsilon_alpha2_beta1_flat":
-        return zc.EpsilonAlpha2Beta1Flat(
+    elif name == "epsilon_alpha2_beta1_flat":
+        comp = zc.EpsilonAlpha2Beta1Flat(
             epsilon=epsilon, stabilizer=stabilizer, zero_params=zero_params, canonizers=canon
         )
-    if name == "epsilon_gamma_box":
-        return zc.EpsilonGammaBox(
+    elif name == "epsilon_gamma_box":
+        comp = zc.EpsilonGammaBox(
             low=_box(low, x, torch.min),
             high=_box(high, x, torch.max),
             epsilon=epsilon,
@@ -117,16 +151,18 @@ def make_composite(
             zero_params=zero_params,
             canonizers=canon,
         )
-    layer_map = zc.layer_map_base(stabilizer) + [
-        (
-            zennit.types.Convolution,
-            zennit.rules.AlphaBeta(
-                alpha=1.0, beta=0.0, stabilizer=stabilizer, zero_params=zero_params
+    else:
+        layer_map = zc.layer_map_base(stabilizer) + [
+            (
+                zennit.types.Convolution,
+                zennit.rules.AlphaBeta(
+                    alpha=1.0, beta=0.0, stabilizer=stabilizer, zero_params=zero_params
+                ),
             ),
-        ),
-        (nn.Linear, zennit.rules.Epsilon(epsilon=epsilon, zero_params=zero_params)),
-    ]
-    return zc.LayerMapComposite(layer_map=layer_map, canonizers=canon)
+            (nn.Linear, zennit.rules.Epsilon(epsilon=epsilon, zero_params=zero_params)),
+        ]
+        comp = zc.LayerMapComposite(layer_map=layer_map, canonizers=canon)
+    return comp if first_layers is None else _first_layers_by_name(comp, first_layers, zc)
 
 
 @register_method("lrp")
@@ -146,9 +182,9 @@ def lrp(
 
     Relevance is propagated from the single output neuron down to the input voxels with the
     rules of ``composite`` (see :func:`make_composite`), after the model has been canonized
-    (BatchNorm3d merged into the preceding convolution; residual additions of ``BasicBlock3D``
-    replaced by a relevance-splitting ``Sum``). Hooks and canonizers exist only inside zennit's
-    composite context and are removed on exit, also after an error.
+    (BatchNorm merged into the preceding convolution; residual additions of ``BasicBlock3D``
+    and ``Bottleneck3D`` replaced by a relevance-splitting ``Sum``). Hooks and canonizers exist
+    only inside zennit's composite context and are removed on exit, also after an error.
 
     **Bias handling and conservation.** With ``zero_bias=True`` (default) every rule ignores
     biases (``zero_params=["bias"]``), so no relevance is absorbed by biases, and the relevance
@@ -173,6 +209,13 @@ def lrp(
     **Sign convention.** Signed relevance in years: positive voxels push the predicted age above
     the mean age (towards "older"), negative voxels below it (towards "younger").
 
+    **Models with several input branches.** If the model lists its input layers in
+    ``model.input_layers`` (module names; the 2.5D
+    :class:`brainage.models.projection.ProjectionCNN` names the first convolution of each
+    branch), all of them get the composite's first-layer rule. A projection inside the model (a
+    mean over an axis) is no module: autograd passes the relevance of each projected pixel back
+    divided equally among the voxels of its ray, so the map stays 3D and is still conserved.
+
     Parameters
     ----------
     model : torch.nn.Module
@@ -183,7 +226,7 @@ def lrp(
 "epsilon_alpha2_beta1_flat"}
         Rule set (see :func:`make_composite`).
     canonizers : "auto", None or list of zennit canonizers
-        ``"auto"``: BatchNorm merging + ``BasicBlock3D`` canonizer. None: no canonization (then
+        ``"auto"``: BatchNorm merging + residual-block canonizers. None: no canonization (then
         relevance is *not* conserved through residual blocks).
     epsilon, gamma, stabilizer : float
         Rule parameters (ε for dense layers, γ for the γ rule, denominator stabiliser).
@@ -208,6 +251,7 @@ def lrp(
         low=low,
         high=high,
         zero_bias=zero_bias,
+        first_layers=getattr(model, "input_layers", None),
     )
     bias = output_bias(model) if zero_bias else 0.0
     x = x.requires_grad_(True)

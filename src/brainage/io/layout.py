@@ -190,9 +190,13 @@ class RunLayout:
         return self.root / "preproc" / "qc.tsv"
 
     # ------------------------------------------------------------------ models
-    def model_dir(self, seed: int, fold: int | None = None) -> Path:
-        """Folder of a base model: ``OUT/models/[fold-<k>/]seed-<n>`` (``fold``: cross-fitting)."""
-        return self._fold_dir(fold) / f"seed-{int(seed)}"
+    def model_dir(self, seed: int | str, fold: int | None = None) -> Path:
+        """Folder of a base model: ``OUT/models/[fold-<k>/]seed-<n>`` (``fold``: cross-fitting).
+
+        ``seed`` is a CNN seed or a base-model name (``"seed-3"``, ``"voxelridge"``).
+        """
+        name = f"seed-{int(seed)}" if isinstance(seed, int) else str(seed)
+        return self._fold_dir(fold) / name
 
     def _fold_dir(self, fold: int | None) -> Path:
         return self.root / "models" if fold is None else self.root / "models" / f"fold-{int(fold)}"
@@ -208,7 +212,7 @@ class RunLayout:
 
         return sorted(found, key=order)
 
-    def noise_model(self, seed: int, fold: int | None = None) -> Path:
+    def noise_model(self, seed: int | str, fold: int | None = None) -> Path:
         """3D U-Noise noise model of a base model: ``models/[fold-<k>/]seed-<n>/unoise.pt``."""
         return self.model_dir(seed, fold) / "unoise.pt"
 

@@ -263,3 +263,66 @@ def qc_histogram_figure(values, worst=None) -> Figure:
     _style(ax)
     fig.tight_layout()
     return fig
+
+
+def interval_figure(predictions: pd.DataFrame) -> Figure:
+    """Absolute error against interval width: the calibrated interval and paper 001's uncertainty.
+
+    Parameters
+    ----------
+    predictions : pandas.DataFrame
+        ``predictions.tsv`` of out-of-fold (or test) subjects with ``age``, ``brain_age``,
+        ``brain_age_lower``, ``brain_age_upper`` and ``uncertainty`` (years).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Left: |brain_age − age| against the half-width of the calibrated interval, subjects
+        outside their interval in red. Right: the same error against ``uncertainty``.
+    """
+    df = predictions.dropna(subset=["age", "brain_age"])
+    err = (df["brain_age"] - df["age"]).abs().to_numpy(float)
+    fig = Figure(figsize=(10.4, 4.4))
+    panels = []
+    if {"brain_age_lower", "brain_age_upper"} <= set(df.columns):
+        half = ((df["brain_age_upper"] - df["brain_age_lower"]) / 2).to_numpy(float)
+        panels.append(("calibrated interval half-width (years)", half, True))
+    if "uncertainty" in df.columns:
+        panels.append(("paper 001 uncertainty: t-interval width (years)", df["uncertainty"], False))
+    for i, (label, width, calibrated) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        width = np.asarray(width, float)
+        ok = np.isfinite(width)
+        outside = ok & (err > width) if calibrated else np.zeros_like(ok)
+        ax.scatter(
+            width[ok & ~outside],
+            err[ok & ~outside],
+            s=16,
+            color="#0072B2",
+            alpha=0.8,
+            label="age inside the interval" if calibrated else "subjects",
+        )
+        if outside.any():
+            ax.scatter(
+                width[outside],
+                err[outside],
+                s=18,
+                color="#D55E00",
+                label=f"outside ({outside.sum()} of {ok.sum()})",
+            )
+        if calibrated and ok.any():
+            top = max(float(np.nanmax(width[ok])), float(err.max()))
+            ax.plot(
+                [0, top],
+                [0, top],
+                color="#444444",
+                linestyle="--",
+                linewidth=1,
+                label="error = half-width",
+            )
+        ax.set_xlabel(label)
+        ax.set_ylabel("absolute error |brain_age − age| (years)")
+        ax.legend(frameon=False, fontsize=8, loc="upper left")
+        _style(ax)
+    fig.tight_layout()
+    return fig

@@ -13,6 +13,7 @@ from pathlib import Path
 from brainage.report.formatting import _fmt, _pval, _sig
 from brainage.report.run_folder import RunFolder, read_run_folder
 from brainage.report.section_common import _safe
+from brainage.report.section_crossfit import _crossfit_section
 from brainage.report.section_population import N_TOP_REGIONS, _methods_section
 from brainage.report.section_predictions import (
     _bias_section,
@@ -142,6 +143,7 @@ def build_context(run: RunFolder, title: str | None = None) -> dict:
     context["cohort"] = _safe("cohort", run, _cohort_section, run, cohort)
     context["scatter"] = _safe("scatter", run, _scatter_section, run)
     context["metrics"] = _safe("metrics", run, _metrics_section, run, metrics, metrics_source)
+    context["crossfit"] = _safe("cross-fitting", run, _crossfit_section, run)
     context["bias"] = _safe("bias", run, _bias_section, run)
     context["training"] = _safe("training", run, _training_section, run)
     context["xai"] = _safe("explanation methods", run, _xai_section, run, sanity)

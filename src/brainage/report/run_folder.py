@@ -30,6 +30,8 @@ class RunFolder:
     cohort, failures, qc, metrics : pandas.DataFrame or None
     bias : dict or None
         ``bias_correction.json``.
+    ensemble : dict or None
+        ``ensemble.json`` (folds, heads, the calibrated interval and its scores).
     provenance, description : dict or None
         ``provenance.json`` and ``dataset_description.json``.
     config_text : str or None
@@ -73,6 +75,7 @@ class RunFolder:
     config_text: str | None = None
     training_logs: dict = field(default_factory=dict)
     fold_metrics: pd.DataFrame | None = None
+    ensemble: dict | None = None
     population: dict = field(default_factory=dict)
     regions: dict = field(default_factory=dict)
     xai: pd.DataFrame | None = None
@@ -199,6 +202,7 @@ def read_run_folder(out_dir) -> RunFolder:
         run.fold_metrics = run.metrics[per_fold].reset_index(drop=True)
         run.metrics = run.metrics[~per_fold].drop(columns="fold").reset_index(drop=True)
     run.bias = _optional(run, root / "bias_correction.json", _read_json)
+    run.ensemble = _optional(run, root / "ensemble.json", _read_json)
     run.provenance = _optional(run, root / "provenance.json", _read_json)
     run.description = _optional(run, root / "dataset_description.json", _read_json)
     run.config_text = _optional(run, root / "config.yaml", lambda p: p.read_text(encoding="utf-8"))

@@ -154,7 +154,7 @@ def _model_kind(model: str) -> str:
         return "ensemble"
     if "baseline" in model:
         return "baseline"
-    if model.startswith("seed-") or model.startswith("model-"):
+    if model.startswith(("seed-", "model-", "voxelridge")):
         return "base"
     return "other"
 
@@ -219,6 +219,8 @@ def _bias_section(run: RunFolder) -> dict | None:
         "before": bias.get("val_mae_before"),
         "after": bias.get("val_mae_after_cv"),
         "recommended": bias.get("recommended_column") or "brain_age",
+        "n_folds": len(bias["folds"]) if isinstance(bias.get("folds"), list) else None,
+        "n_recommending": bias.get("n_folds_recommending"),
         "warnings": [str(w) for w in warnings],
         "extra": {
             k: v
@@ -233,6 +235,8 @@ def _bias_section(run: RunFolder) -> dict | None:
                 "val_mae_after_cv",
                 "recommended_column",
                 "warnings",
+                "slope_ci_meaning",
+                "n_folds_recommending",
             }
             and isinstance(v, (str, int, float, bool))
         },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +13,18 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from brainage.errors import ConfigError, InputError
 from brainage.io.atomic import atomic_path, write_json, write_tsv
-from brainage.models import build_model, check_model_params
+from brainage.models import MODELS, build_model, check_model_params
 from brainage.schema import Section
-from brainage.utils import select_device
+from brainage.utils import file_hash, select_device
+
+#: ``train.model_params`` when none are given, per architecture (measured for small cohorts:
+#: dropout 0.2 rather than the paper's 0.5 for the Hofmann CNN, METHODS §3).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"hofmann": {"dropout": 0.2}}
 
 
 class TrainConfig(Section):
@@ -32,9 +38,11 @@ class TrainConfig(Section):
     Attributes
     ----------
     model : str
-        Registered architecture (``"hofmann"``, ``"resnet"``).
+        Registered architecture: ``"hofmann"`` (paper 001), ``"resnet"`` (3D ResNet, papers
+        000/002/004) or ``"sfcn"`` (Peng et al. 2021; ``model_params.output: soft_label`` for
+        the paper's age bins, which requires ``loss: kl``).
     model_params : dict
-        Keyword arguments of the architecture.
+        Keyword arguments of the architecture; when not given, :data:`MODEL_DEFAULTS` of it.
     resolution_mm : float
         Input grid resolution in mm (the crop box of :func:`brainage.space.template_grid`).
     epochs : int
@@ -47,10 +55,31 @@ class TrainConfig(Section):
     weight_decay : float
         Decoupled weight decay (AdamW).
     schedule : {"cosine", "constant"}
-    loss : {"mse", "mae"}
-        Loss on the (standardised) age.
+    loss : {"mse", "mae", "kl"}
+        ``"mse"``/``"mae"``: on the (standardised) age of a model with one output neuron.
+        ``"kl"``: KL(soft label ‖ predicted bin distribution) of a soft-label model (one that
+        has ``log_probs``, e.g. ``sfcn`` with ``output: soft_label``), Peng et al. 2021; the
+        only loss allowed for such a model.
+    soft_label_sigma : float
+        Standard deviation of the Gaussian soft label around each age, years (``loss: kl``;
+        paper: 1). The bins are widened, never narrowed, until every training age lies ≥ 2σ
+        inside them (see :func:`brainage.models.sfcn.covering_bins`).
     standardize_targets : bool
         Train on (age − mean) / sd and fold the scaling into the output layer afterwards.
+        Ignored with ``loss: kl`` (the age bins are in years).
+    init_from : str or None
+        Fine-tune from this checkpoint instead of a random initialisation: a brainage
+        ``model.pt``, a plain state dict, a dict with a ``state_dict`` key or a
+        ``torch.nn.DataParallel`` state dict (leading ``module.`` stripped), read with
+        ``torch.load(weights_only=True)`` (no code is unpickled; nothing is downloaded). It must
+        fit ``model`` and ``model_params`` (e.g. the published UK Biobank SFCN,
+        ``run_20190719_00_epoch_best_mae.p``: ``model: sfcn``, ``output: soft_label``, the
+        default 40 bins of 1 year from 42, inputs 1 × 160 × 192 × 160 at 1 mm MNI,
+        skull-stripped). Soft-label bins are then extended to the cohort's ages
+        (:meth:`brainage.models.SFCN.extend_bins`); a regression output layer is taken to
+        predict years and is rescaled to the (standardised) targets with its bias set to the
+        training mean age. Made absolute when the configuration is read. Cached training
+        results are keyed by the SHA-256 of the file's bytes.
     augment : list of str
         Names for :func:`brainage.data.build_augmentation` (``[]`` = none).
     device : str
@@ -62,7 +91,7 @@ class TrainConfig(Section):
     section_path: ClassVar[str] = "train"
 
     model: str = "hofmann"
-    model_params: dict[str, Any] = Field(default_factory=lambda: {"dropout": 0.2})
+    model_params: dict[str, Any] = Field(default_factory=lambda: dict(MODEL_DEFAULTS["hofmann"]))
     resolution_mm: Annotated[float, Field(ge=0.5, le=16)] = 4.0
     epochs: Annotated[int, Field(ge=1)] = 60
     patience: Annotated[int, Field(ge=1)] = 30
@@ -70,17 +99,59 @@ class TrainConfig(Section):
     lr: Annotated[float, Field(gt=0)] = 2e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-3
     schedule: Literal["cosine", "constant"] = "cosine"
-    loss: Literal["mse", "mae"] = "mse"
+    loss: Literal["mse", "mae", "kl"] = "mse"
+    soft_label_sigma: Annotated[float, Field(gt=0)] = 1.0
     standardize_targets: bool = True
+    init_from: str | None = None
     augment: list[Literal["flip", "affine", "elastic"]] = Field(
         default_factory=lambda: ["flip", "affine"]
     )
     device: str = "auto"
     amp: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _architecture_defaults(cls, data: Any) -> Any:
+        # model_params not given: the defaults brainage chose for that architecture
+        if isinstance(data, dict) and "model_params" not in data:
+            data = {
+                **data,
+                "model_params": dict(MODEL_DEFAULTS.get(data.get("model", "hofmann"), {})),
+            }
+        return data
+
+    @field_validator("init_from")
+    @classmethod
+    def _absolute_init_from(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("'train.init_from' must be a file path or null; got ''")
+        return os.path.abspath(os.path.expanduser(value))
+
     @model_validator(mode="after")
     def _check_model(self) -> TrainConfig:
         check_model_params(self.model, self.model_params)
+        if getattr(MODELS[self.model], "closed_form", False):
+            raise ConfigError(
+                f"'train.model': {self.model!r} is fitted in closed form, not trained; add it "
+                "to the ensemble with 'ensemble.learners' instead"
+            )
+        check = getattr(MODELS[self.model], "check_params", None)
+        if check is not None:
+            check(dict(self.model_params))
+        soft = is_soft_label_model(self.model, self.model_params)
+        if self.loss == "kl" and not soft:
+            raise ConfigError(
+                "'train.loss': 'kl' needs a soft-label model (one with log_probs over age bins, "
+                "e.g. train.model: sfcn with train.model_params.output: soft_label); got model "
+                f"{self.model!r} with model_params {dict(self.model_params)!r}"
+            )
+        if soft and self.loss != "kl":
+            raise ConfigError(
+                f"'train.loss' must be 'kl' for the soft-label model {self.model!r} (its output "
+                f"is a distribution over age bins); got {self.loss!r}"
+            )
         return self
 
     @classmethod
@@ -136,6 +207,161 @@ def _loss_fn(name: str):
     return nn.MSELoss() if name == "mse" else nn.L1Loss()
 
 
+def is_soft_label_model(name: str, params: dict | None) -> bool:
+    """Whether architecture ``name`` with ``params`` predicts a distribution over age bins.
+
+    A model class is soft-label when it has ``log_probs``; one that has an output switch says
+    which through its ``is_soft_label(params)`` (``SFCN``: ``output: soft_label``).
+    """
+    cls = MODELS[name]
+    if not callable(getattr(cls, "log_probs", None)):
+        return False
+    switch = getattr(cls, "is_soft_label", None)
+    return True if switch is None else bool(switch(dict(params or {})))
+
+
+def kl_soft_label_loss(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL divergence KL(target ‖ p) of soft labels, averaged over the batch (Peng et al. 2021).
+
+    Parameters
+    ----------
+    log_probs : Tensor, shape (n, n_bins)
+        The model's log-probabilities of the age bins (``model.log_probs(x)``).
+    target : Tensor, shape (n, n_bins)
+        Soft labels (rows summing to 1, e.g. ``model.soft_labels(ages, sigma)``).
+
+    Returns
+    -------
+    Tensor, shape ()
+        (1/n) Σ_i Σ_b t_ib · (log t_ib − log p_ib), nats; terms with t_ib = 0 count 0.
+    """
+    return nn.functional.kl_div(log_probs, target, reduction="batchmean")
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """SHA-256 (64 hex digits) of the bytes of a ``train.init_from`` checkpoint (cache keys).
+
+    Raises
+    ------
+    InputError
+        The file does not exist or cannot be read.
+    """
+    try:
+        return file_hash(path, length=64)
+    except OSError as err:
+        raise InputError(
+            f"'train.init_from': cannot read the checkpoint ({err.strerror or err})",
+            "give the path of an existing checkpoint file, or set train.init_from: null",
+            path=path,
+        ) from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read the state dict of a ``train.init_from`` checkpoint, never unpickling code.
+
+    Parameters
+    ----------
+    path : str or Path
+        A brainage ``model.pt`` or resume checkpoint (its ``"model"`` entry), a plain state
+        dict, a dict with a ``"state_dict"`` key, or a ``torch.nn.DataParallel`` state dict
+        (keys ``module.…``; the prefix is stripped). Read with
+        ``torch.load(map_location="cpu", weights_only=True)``.
+
+    Returns
+    -------
+    dict of str to Tensor
+        On the CPU.
+
+    Raises
+    ------
+    InputError
+        Missing file, a file ``torch.load(weights_only=True)`` refuses, or no state dict in it.
+    """
+    path = Path(path)
+    fix = "give a file saved with torch.save(model.state_dict())"
+    if not path.is_file():
+        raise InputError(
+            "'train.init_from': checkpoint file not found", f"{fix}, or set it to null", path=path
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, …
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InputError(
+            "'train.init_from': not readable as a weights-only torch file "
+            f"({type(err).__name__}: {first[:200]})",
+            f"{fix}; brainage loads tensors only and never unpickles code",
+            path=path,
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
+        raise InputError(
+            f"'train.init_from': the file holds no state dict (got a {type(obj).__name__} that is "
+            "not a non-empty mapping of names to tensors)",
+            fix,
+            path=path,
+        )
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def load_init_weights(model: nn.Module, state: dict, path: str | Path, name: str) -> None:
+    """Load ``state`` (from :func:`read_state_dict`) into ``model``, or say clearly why not.
+
+    BatchNorm ``num_batches_tracked`` counters missing from older files are tolerated (they do
+    not affect the model in eval mode nor with the default momentum).
+
+    Raises
+    ------
+    InputError
+        Missing or unexpected keys, or a tensor whose shape differs, naming the file, the key,
+        the expected and the found shape and what to change.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    fix = (
+        f"give a checkpoint of train.model {name!r} with the same train.model_params (the "
+        "published UK Biobank SFCN needs model sfcn, output soft_label, 40 bins from 42, "
+        "1 input channel)"
+    )
+    if missing or unexpected:
+        raise InputError(
+            f"'train.init_from' does not fit model {name!r}: {len(missing)} key(s) missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})",
+            fix,
+            path=path,
+        )
+    for key, want in expected.items():
+        if key not in state:
+            continue
+        got = state[key]
+        if tuple(got.shape) != tuple(want.shape):
+            hint = fix
+            bins = getattr(model, "bin_conv", None)
+            if bins is not None and key.startswith("classifier.") and got.ndim >= 1:
+                hint = (
+                    f"the checkpoint has {got.shape[0]} age bins; set "
+                    f"train.model_params.n_bins: {got.shape[0]} (and bin_start, bin_width to "
+                    "the checkpoint's bins); brainage then extends them to the cohort's ages"
+                )
+            raise InputError(
+                f"'train.init_from': {key!r} has shape {tuple(got.shape)} in the checkpoint; "
+                f"model {name!r} expects {tuple(want.shape)}",
+                hint,
+                path=path,
+            )
+    model.load_state_dict(state, strict=False)
+
+
 def _augment_batch(x: torch.Tensor, transform) -> torch.Tensor:
     if transform is None:
         return x
@@ -171,6 +397,71 @@ def predict_volumes(model: nn.Module, volumes, batch_size: int = 16, device=None
         )
         out.append(model(xb).float().reshape(-1).cpu().numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def _target_scaling(config: TrainConfig, y_train: np.ndarray) -> tuple[bool, float, float]:
+    """Whether targets are standardised, and the training mean and sd of the ages (years)."""
+    soft = is_soft_label_model(config.model, config.model_params)
+    standardize = config.standardize_targets and not soft  # soft-label bins are in years
+    mean = float(np.mean(y_train))
+    sd = float(np.std(y_train)) if standardize else 1.0
+    return standardize, mean, (sd if sd > 1e-6 else 1.0)
+
+
+def initial_model(config: TrainConfig, input_shape, y_train) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model that training starts from (random or ``config.init_from``), on the CPU.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    input_shape : sequence of int, length 4
+        (c, i, j, k) of one input volume, voxels.
+    y_train : array-like, shape (n_train,)
+        Training ages, years (set the output bias, the target scaling and the age bins).
+
+    Returns
+    -------
+    model : torch.nn.Module
+        Train mode. Its output neuron (if any) has bias 0 with standardised targets, else the
+        training mean age; a soft-label model's bins cover every training age ± 2 ×
+        ``soft_label_sigma`` (pretrained bins kept and extended, see
+        :meth:`brainage.models.SFCN.extend_bins`).
+    model_params : dict
+        The architecture's keyword arguments (``input_shape``, ``in_channels``, the bins used),
+        as recorded in ``model.json`` to rebuild it.
+
+    Raises
+    ------
+    InputError
+        ``config.init_from`` is missing, unreadable or does not fit the architecture.
+    """
+    y_train = np.asarray(y_train, dtype=np.float64)
+    soft = is_soft_label_model(config.model, config.model_params)
+    standardize, mean, sd = _target_scaling(config, y_train)
+    init_bias = 0.0 if standardize else mean
+    input_shape = tuple(int(s) for s in input_shape)
+    model_params = {"input_shape": input_shape[1:], "in_channels": input_shape[0]}
+    model_params.update(config.model_params)
+    model = build_model(config.model, mean_age=init_bias, **model_params)
+    margin = 2.0 * config.soft_label_sigma
+    if config.init_from is not None:
+        state = read_state_dict(config.init_from)
+        load_init_weights(model, state, config.init_from, config.model)
+        del state
+        if not soft:  # the checkpoint's output neuron predicts years: re-express it in z
+            with torch.no_grad():
+                model.output_layer.weight.div_(sd)
+                model.output_layer.bias.fill_(init_bias)
+    if soft:
+        n_below, n_above = model.covering_bins(y_train, margin)
+        if config.init_from is not None:
+            model.extend_bins(n_below, n_above)  # pretrained bins kept, new ones appended
+        elif n_below or n_above:  # a fresh model is simply built on the wider bins
+            model_params["bin_start"] = model.bin_start - n_below * model.bin_width
+            model_params["n_bins"] = model.n_bins + n_below + n_above
+            model = build_model(config.model, mean_age=init_bias, **model_params)
+        model_params["bin_start"], model_params["n_bins"] = model.bin_start, model.n_bins
+    return model, model_params
 
 
 def train_model(
@@ -220,7 +511,11 @@ def train_model(
     -----
     The output bias is fixed at the training mean age (paper 001; in standardised training it
     is held at 0 and the scaling is folded in afterwards, see :func:`fold_target_scaling`), so
-    an LRP relevance map sums to the predicted age minus the training mean age.
+    an LRP relevance map sums to the predicted age minus the training mean age. A soft-label
+    model (``loss: kl``) has no output neuron: it is trained on Gaussian soft labels of the ages
+    in years (no standardisation) and predicts the expected age over its bins, which are first
+    widened to cover the training ages (``model.json`` records the bins used). With
+    ``config.init_from`` the weights start from that checkpoint (see :class:`TrainConfig`).
     """
     out_dir = Path(out_dir) if out_dir is not None else None
     if checkpoint is None and out_dir is not None:
@@ -243,14 +538,13 @@ def _fit(
 ):  # fmt: skip
     """Run the training loop of :func:`train_model` (torch's global generator already seeded)."""
     y_train = np.asarray(y_train, dtype=np.float64)
-    mean = float(y_train.mean())
-    sd = float(y_train.std()) if config.standardize_targets else 1.0
-    sd = sd if sd > 1e-6 else 1.0
-    init_bias = 0.0 if config.standardize_targets else mean
-    model_params = {"input_shape": x_train.shape[2:], "in_channels": x_train.shape[1]}
-    model_params.update(config.model_params)
-    model = build_model(config.model, mean_age=init_bias, **model_params).to(device)
-    model.output_layer.bias.requires_grad_(False)  # bias fixed at the mean age
+    soft = is_soft_label_model(config.model, config.model_params)
+    standardize, mean, sd = _target_scaling(config, y_train)
+    model, model_params = initial_model(config, x_train.shape[1:], y_train)
+    model = model.to(device)
+    out_layer = getattr(model, "output_layer", None)
+    if out_layer is not None:
+        out_layer.bias.requires_grad_(False)  # bias fixed at the mean age
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * math.ceil(len(x_train) / config.batch_size)
@@ -262,13 +556,13 @@ def _fit(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     use_amp = bool(config.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = _loss_fn(config.loss)
+    loss_fn = None if soft else _loss_fn(config.loss)
     from brainage.data.augment import build_augmentation
 
     transform = build_augmentation(config.augment)
     generator = torch.Generator().manual_seed(seed)
     xt = torch.as_tensor(x_train)
-    zt = torch.as_tensor((y_train - mean) / sd if config.standardize_targets else y_train).float()
+    zt = torch.as_tensor((y_train - mean) / sd if standardize else y_train).float()
 
     rows: list[dict] = []
     start_epoch, best_mae, best_epoch, best_state, bad = 1, float("inf"), 0, None, 0
@@ -289,7 +583,7 @@ def _fit(
         start_epoch = ckpt["epoch"] + 1
 
     def to_years(z: np.ndarray) -> np.ndarray:
-        return z * sd + (mean if config.standardize_targets else 0.0)
+        return z * sd + (mean if standardize else 0.0)
 
     for epoch in range(start_epoch, config.epochs + 1):
         if bad >= config.patience:
@@ -308,8 +602,15 @@ def _fit(
             zb = zt[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=use_amp):
-                pred = model(xb).reshape(-1).float()
-                loss = loss_fn(pred, zb)
+                if soft:  # zb in years; pred = expected age over the bins
+                    log_p = model.log_probs(xb).float()
+                    loss = kl_soft_label_loss(
+                        log_p, model.soft_labels(zb, config.soft_label_sigma).to(log_p.dtype)
+                    )
+                    pred = (log_p.exp() * model.bin_centers.to(log_p.dtype)).sum(dim=1)
+                else:
+                    pred = model(xb).reshape(-1).float()
+                    loss = loss_fn(pred, zb)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -355,7 +656,7 @@ def _fit(
 
     if best_state is not None:
         model.load_state_dict(best_state)
-    if config.standardize_targets:
+    if standardize:
         fold_target_scaling(model, mean, sd)
     model.eval()
     log = pd.DataFrame(rows)
@@ -376,6 +677,11 @@ def _fit(
             "n_train": len(x_train),
             "n_validation": len(x_val),
             "config": config.to_dict(),
+            **(
+                {"init_from_sha256": checkpoint_sha256(config.init_from)}
+                if config.init_from is not None
+                else {}
+            ),
             **(meta_extra or {}),
         }
         save_model(model, meta, out_dir)

@@ -129,6 +129,7 @@ class EvaluateStage(Stage):
         from brainage.workflow.stages.predict import load_models
         from brainage.workflow.stages.train import (
             explaining_items,
+            is_network,
             load_reference,
             parse_model_item,
         )
@@ -138,7 +139,8 @@ class EvaluateStage(Stage):
         pids, stack = relevance_stack(ctx, method)
         outputs, values = {}, {}
         per_seed = []
-        for name in dict.fromkeys(n for n, _, _ in load_models(ctx)):  # seed-<n> (every fold)
+        networks = [i for i in ctx.stage_records("train") if is_network(i)]
+        for name in dict.fromkeys(parse_model_item(i)[1] for i in sorted(networks)):  # seed-<n>
             maps = _read(
                 [ctx.record("explain", f"{method}/{p}").output(layout, name) for p in pids]
             )

@@ -18,7 +18,12 @@ import numpy as np
 from brainage.config import TRAINING_MEAN
 from brainage.io.nifti import save_nifti
 from brainage.workflow.stage import ItemResult, RunContext, Stage, subject_of
-from brainage.workflow.stages.train import explaining_items, parse_model_item, reference_item
+from brainage.workflow.stages.train import (
+    explaining_items,
+    is_network,
+    parse_model_item,
+    reference_item,
+)
 
 UNOISE = "unoise"
 
@@ -52,7 +57,7 @@ class NoiseStage(Stage):
     def items(self, ctx: RunContext) -> list[str]:
         if UNOISE not in ctx.config.explain.methods or ctx.mode == "apply":
             return []
-        return sorted(ctx.stage_records("train"))
+        return sorted(i for i in ctx.stage_records("train") if is_network(i))
 
     def _fit_subjects(self, ctx: RunContext, item: str) -> tuple[list[str], list[str]]:
         n = ctx.config.explain.unoise_fit.n_subjects
@@ -84,8 +89,8 @@ class NoiseStage(Stage):
         model, meta = load_model(rec.output(ctx.models, "model.json").parent)
         tr, va = self._fit_subjects(ctx, item)
         ages = ctx.ages()
-        fold, seed = parse_model_item(item)
-        path = ctx.layout.noise_model(seed, fold)
+        fold, name = parse_model_item(item)
+        path = ctx.layout.noise_model(name, fold)
         for old in (path, path.with_suffix(".json")):
             old.unlink(missing_ok=True)  # a model of other inputs goes first
         fit_unoise(

@@ -32,7 +32,13 @@ from brainage.ensemble import (
 )
 from brainage.io.atomic import write_json, write_tsv
 from brainage.workflow.stage import ItemResult, RunContext, Stage
-from brainage.workflow.stages.train import fold_model_items, model_folds, parse_model_item
+from brainage.workflow.stages.train import (
+    fold_model_items,
+    is_network,
+    model_folds,
+    model_seed,
+    parse_model_item,
+)
 
 #: Data dictionary of ``predictions.tsv``, written beside it as ``predictions.json`` (BIDS
 #: tabular-file sidecar: a description and units per column).
@@ -62,7 +68,7 @@ PREDICTION_COLUMNS: dict[str, dict] = {
     },
     "uncertainty": {
         "Description": "Paper 001's uncertainty: width of the 95 % t-interval of the mean of "
-        "the base models (2 t s / sqrt(N), N base models, s their standard deviation). It "
+        "the CNN base models (2 t s / sqrt(N), N CNNs, s their standard deviation). It "
         "measures how much the base models disagree; it is not an interval for the age "
         "(see brain_age_lower / brain_age_upper).",
         "Units": "year",
@@ -93,9 +99,14 @@ PREDICTION_COLUMNS: dict[str, dict] = {
 
 def base_column_description(name: str) -> dict:
     """Data-dictionary entry of the column ``brain_age_<name>`` (one base model)."""
+    what = (
+        "ridge regression on the voxels of the model input (a non-CNN learner)"
+        if name == "voxelridge"
+        else f"the CNN with seed {name.split('-', 1)[-1]}"
+    )
     return {
-        "Description": f"Prediction of base model {name} (of the subject's fold; the mean over "
-        "folds for subjects in no fold).",
+        "Description": f"Prediction of base model {name}, {what}, of the subject's fold (the "
+        "mean over folds for subjects in no fold).",
         "Units": "year",
     }
 
@@ -116,7 +127,7 @@ def load_models(ctx: RunContext, items=None):
     for item in items:
         rec = ctx.record("train", item)
         model, meta = load_model(rec.output(ctx.models, "model.json").parent)
-        out.append((f"seed-{parse_model_item(item)[1]}", model, meta))
+        out.append((parse_model_item(item)[1], model, meta))
     return out
 
 
@@ -210,8 +221,9 @@ class PredictStage(Stage):
             else:
                 val = np.array([roles[pids[i]] == "validation" for i in idx])
             e = c.ensemble
+            networks = [is_network(i) for i in items]
             head, out["head_choice"] = fit_ensemble_head(
-                base[val], a[val], e.ridge_alpha, e.ridge_positive, seed=c.seed
+                base[val], a[val], e.ridge_alpha, e.ridge_positive, seed=c.seed, networks=networks
             )
             ens = head.predict(base)
             if out["head_choice"]["kind"] == "ridge":  # out-of-fold head predictions
@@ -252,9 +264,14 @@ class PredictStage(Stage):
 
         brain_age, corrected, use = combine("ens"), combine("corrected"), combine("use")
         base = combine("base")
-        every_base = [
+        cnn = np.array([model_seed(n) is not None for n in names])  # the CNN columns
+        every_base = [  # the CNN predictions of each subject (all folds' for those in none)
             np.concatenate(
-                [f["base"][f["pos"][i]] for f in fits if own[i] in (0, f["fold"]) and i in f["pos"]]
+                [
+                    f["base"][f["pos"][i]][cnn]
+                    for f in fits
+                    if own[i] in (0, f["fold"]) and i in f["pos"]
+                ]
             )
             for i in range(len(pids))
         ]

@@ -17,19 +17,33 @@ import numpy as np
 from brainage.io.nifti import save_nifti
 from brainage.workflow.stage import ItemResult, RunContext, Stage
 
-
-def model_item(fold: int | None, seed: int) -> str:
-    """Item name of a base model: ``fold-<k>_seed-<n>`` (cross-fitting) or ``seed-<n>``."""
-    return f"seed-{int(seed)}" if fold is None else f"fold-{int(fold)}_seed-{int(seed)}"
+#: Non-CNN base learners (``ensemble.learners``) → their base-model name.
+LEARNERS = {"voxel_ridge": "voxelridge"}
 
 
-def parse_model_item(item: str) -> tuple[int | None, int]:
-    """``"fold-2_seed-1"`` → ``(2, 1)``; ``"seed-1"`` → ``(None, 1)``."""
+def model_item(fold: int | None, name: int | str) -> str:
+    """Item of a base model: ``[fold-<k>_]seed-<n>`` (a CNN seed) or ``[fold-<k>_]<learner>``."""
+    name = f"seed-{int(name)}" if isinstance(name, int) else str(name)
+    return name if fold is None else f"fold-{int(fold)}_{name}"
+
+
+def parse_model_item(item: str) -> tuple[int | None, str]:
+    """``"fold-2_seed-1"`` → ``(2, "seed-1")``; ``"voxelridge"`` → ``(None, "voxelridge")``."""
     fold = None
     if item.startswith("fold-"):
         head, item = item.split("_", 1)
         fold = int(head.split("-", 1)[1])
-    return fold, int(item.split("-", 1)[1])
+    return fold, item
+
+
+def model_seed(name: str) -> int | None:
+    """Seed of a CNN base model ``seed-<n>``; None for a non-CNN learner."""
+    return int(name.split("-", 1)[1]) if name.startswith("seed-") else None
+
+
+def is_network(item: str) -> bool:
+    """Whether a base-model item is a CNN (explained, U-Noise-fitted) rather than a learner."""
+    return model_seed(parse_model_item(item)[1]) is not None
 
 
 def model_folds(ctx: RunContext) -> list[int | None]:
@@ -39,21 +53,27 @@ def model_folds(ctx: RunContext) -> list[int | None]:
 
 
 def fold_model_items(ctx: RunContext, fold: int | None) -> list[str]:
-    """Finished base-model items of outer fold ``fold``, in seed order."""
+    """Finished base-model items of outer fold ``fold``: CNN seeds in order, then learners."""
     items = [i for i in ctx.stage_records("train") if parse_model_item(i)[0] == fold]
-    return sorted(items, key=lambda i: parse_model_item(i)[1])
+
+    def order(item: str) -> tuple:
+        name = parse_model_item(item)[1]
+        seed = model_seed(name)
+        return (seed is None, seed or 0, name)
+
+    return sorted(items, key=order)
 
 
 def explaining_items(ctx: RunContext, participant_id: str) -> list[str]:
-    """Return the base models that may predict and explain ``participant_id``.
+    """Return the CNN base models that explain ``participant_id``.
 
     With cross-fitting a subject with age is held out by exactly one fold, whose models never
     saw it; a subject without age, and every subject of ``brainage predict``, gets all folds.
+    Non-CNN learners predict but are not explained (a linear model's map is its weights).
     """
     fold = ctx.fold_of(participant_id) if ctx.mode == "run" else None
-    if fold is not None:
-        return fold_model_items(ctx, fold)
-    return [i for f in model_folds(ctx) for i in fold_model_items(ctx, f)]
+    folds = [fold] if fold is not None else model_folds(ctx)
+    return [i for f in folds for i in fold_model_items(ctx, f) if is_network(i)]
 
 
 def _subject_inputs(ctx: RunContext, pids, fold: int | None) -> list:
@@ -71,7 +91,8 @@ class TrainStage(Stage):
     parallel = True
 
     def items(self, ctx: RunContext) -> list[str]:
-        return [model_item(f, s) for f in ctx.folds() for s in ctx.config.seeds]
+        learners = [LEARNERS[n] for n in ctx.config.ensemble.learners]
+        return [model_item(f, s) for f in ctx.folds() for s in [*ctx.config.seeds, *learners]]
 
     def _subjects(self, ctx: RunContext, item: str) -> list[str]:
         return ctx.subjects_in("train", "validation", fold=parse_model_item(item)[0])
@@ -80,14 +101,27 @@ class TrainStage(Stage):
         return [("preprocess", p) for p in self._subjects(ctx, item)]
 
     def params(self, ctx: RunContext, item: str) -> dict:
-        return ctx.config.train.to_dict()
+        if not is_network(item):  # a learner depends on the model grid only
+            from brainage.models.linear import ALPHAS
+
+            return {"learner": parse_model_item(item)[1], "alphas": list(ALPHAS),
+                    "resolution_mm": ctx.config.train.resolution_mm}  # fmt: skip
+        params = ctx.config.train.to_dict()
+        if params.get("init_from") is not None:  # the checkpoint's bytes (inputs), not its path
+            params["init_from"] = "sha256"
+        return params
 
     def inputs(self, ctx: RunContext, item: str) -> dict:
         fold = parse_model_item(item)[0]
-        return {"subjects": _subject_inputs(ctx, self._subjects(ctx, item), fold)}
+        inputs = {"subjects": _subject_inputs(ctx, self._subjects(ctx, item), fold)}
+        if ctx.config.train.init_from is not None and is_network(item):  # the file's bytes
+            from brainage.train.trainer import checkpoint_sha256
 
-    def seed(self, ctx: RunContext, item: str) -> int:
-        return parse_model_item(item)[1]
+            inputs["init_from_sha256"] = checkpoint_sha256(ctx.config.train.init_from)
+        return inputs
+
+    def seed(self, ctx: RunContext, item: str) -> int | None:
+        return model_seed(parse_model_item(item)[1])
 
     def threads_per_task(self, ctx: RunContext) -> int:
         import os
@@ -99,7 +133,8 @@ class TrainStage(Stage):
         from brainage.train import train_model
         from brainage.workflow.progress import StageProgress
 
-        fold, seed = parse_model_item(item)
+        fold, name = parse_model_item(item)
+        seed = model_seed(name)
         tr = ctx.subjects_in("train", fold=fold)
         va = ctx.subjects_in("validation", fold=fold)
         if len(tr) < 2 or not va:
@@ -110,9 +145,11 @@ class TrainStage(Stage):
             )
         ages = ctx.ages()
         cfg = ctx.config.train
-        folder = ctx.layout.model_dir(seed, fold)
-        for name in ("model.json", "model.pt", "training_log.tsv"):
-            (folder / name).unlink(missing_ok=True)  # outputs of other inputs go first
+        folder = ctx.layout.model_dir(name, fold)
+        for old in ("model.json", "model.pt", "training_log.tsv"):
+            (folder / old).unlink(missing_ok=True)  # outputs of other inputs go first
+        if seed is None:
+            return self._fit_learner(ctx, name, tr, folder)
         ckpt_dir = ctx.layout.work / "checkpoints"
         ckpt = ckpt_dir / f"{item}_{key[:16]}.pt"
         bar = StageProgress(f"train {item}", cfg.epochs, ctx.progress)
@@ -138,6 +175,28 @@ class TrainStage(Stage):
             stale.unlink(missing_ok=True)
         outputs = {n: folder / n for n in ("model.pt", "model.json", "training_log.tsv")}
         return ItemResult(outputs, seed=seed)
+
+    def _fit_learner(self, ctx: RunContext, name: str, train: list[str], folder) -> ItemResult:
+        """Fit a non-CNN learner on the training subjects (closed form; no validation used)."""
+        from brainage.models.linear import fit_voxel_ridge
+        from brainage.space import template_array
+        from brainage.train.trainer import save_model
+
+        ages = ctx.ages()
+        y = np.array([ages[p] for p in train])
+        mask = template_array("mask", ctx.layout.resolution_mm) > 0.5
+        model, info = fit_voxel_ridge(ctx.stack(train), y, mask)
+        meta = {
+            "model": name,
+            "model_params": {"input_shape": list(model.input_shape), "in_channels": 1},
+            "learner": name,
+            "train_mean_age": float(y.mean()),
+            "seed": None,
+            **info,
+        }
+        save_model(model, meta, folder)
+        outputs = {n: folder / n for n in ("model.pt", "model.json")}
+        return ItemResult(outputs, {k: info[k] for k in ("alpha", "train_mae")})
 
 
 class ReferenceStage(Stage):
