@@ -134,3 +134,16 @@ def test_save_nifti_roundtrip(tmp_path):
     img = nib.load(str(p))
     np.testing.assert_array_equal(np.asarray(img.dataobj), data)
     np.testing.assert_allclose(img.affine, affine)
+
+
+def test_participant_label_with_or_without_sub_and_unknown_labels(tmp_path):
+    from conftest import make_bids
+
+    from brainage.errors import InputError
+    from brainage.io import read_bids
+
+    bids = make_bids(tmp_path / "bids", {"sub-01": "30", "sub-02": "40", "sub-03": "50"})
+    cohort = read_bids(bids)
+    assert list(cohort.subset(["01", "sub-03"]).table["participant_id"]) == ["sub-01", "sub-03"]
+    with pytest.raises(InputError, match="sub-04 not in the cohort"):
+        cohort.subset(["02", "04"])

@@ -58,9 +58,31 @@ class Cohort:
         return self.table["age"].notna().to_numpy()
 
     def subset(self, participant_ids) -> Cohort:
-        """Return the cohort restricted to ``participant_ids`` (order of the table kept)."""
-        keep = self.table["participant_id"].isin(set(participant_ids))
-        return Cohort(self.table[keep].reset_index(drop=True), self.source, [], self.truth_dir)
+        """Return the cohort restricted to ``participant_ids`` (order of the table kept).
+
+        Labels may be given with or without ``sub-`` (BIDS-Apps ``--participant-label``).
+
+        Raises
+        ------
+        InputError
+            A label that is not in the cohort (with a did-you-mean).
+        """
+        from brainage.errors import did_you_mean
+
+        wanted = {p if str(p).startswith("sub-") else f"sub-{p}" for p in participant_ids}
+        failed = [f for f in self.failures if getattr(f, "participant_id", None) in wanted]
+        known = set(self.table["participant_id"]) | {f.participant_id for f in self.failures}
+        missing = sorted(wanted - known)
+        if missing:
+            listed = ", ".join(missing[:5]) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            )
+            raise InputError(
+                f"--participant-label: {listed} not in the cohort of {self.source}",
+                did_you_mean(missing[0], sorted(known)),
+            )
+        keep = self.table["participant_id"].isin(wanted)
+        return Cohort(self.table[keep].reset_index(drop=True), self.source, failed, self.truth_dir)
 
     def failures_frame(self) -> pd.DataFrame:
         """Failures as a table with columns ``participant_id, stage, file, error``."""
