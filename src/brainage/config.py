@@ -171,7 +171,9 @@ class ExplainConfig(Section):
     methods : list of str
         Registered methods (``brainage methods``).
     subjects : {"test", "heldout", "all"}
-        Subjects explained: the test split, validation + test, or everyone.
+        Subjects explained: the test split (with cross-fitting: every subject with age, each by
+        the models of the fold that holds it out), validation + test, or everyone (also the
+        subjects without age, by every fold's models).
     batch_size : int
         Volumes explained together.
     params : dict of str to dict
@@ -342,8 +344,8 @@ DEMO_OVERRIDES: dict[str, Any] = {
         "bias_correct": False,
         "register": "none",
     },
-    "split": {"n_folds": 5, "test_fraction": 0.15, "validation_fraction": 0.15},
-    "train": {"resolution_mm": 4.0, "epochs": 25, "patience": 10, "augment": ["flip"]},
+    "split": {"n_folds": 3, "test_fraction": 0.15, "validation_fraction": 0.15},
+    "train": {"resolution_mm": 4.0, "epochs": 20, "patience": 10, "augment": ["flip"]},
     "ensemble": {"n_seeds": 2},
     "bias_correction": {"n_bootstrap": 300},
 }
