@@ -30,9 +30,10 @@ VARIANTS = {
     "hofmann": {},
     "resnet-18": {"model": "resnet", "layers": (2, 2, 2, 2)},
     "resnet-34": {"model": "resnet", "layers": (3, 4, 6, 3)},
+    "resnet-50": {"model": "resnet", "depth": 50},
     "sfcn": {},
     "sfcn_paper": {"model": "sfcn", "output": "soft_label"},
-    "hofmann25d": {},
+    "projection2d": {},
 }
 
 

@@ -86,6 +86,10 @@ class TrainConfig(Section):
         ``"auto"`` (CUDA, MPS, else CPU) or a torch device string.
     amp : bool
         Mixed precision on CUDA.
+    channels_last : bool
+        Train 3D CNNs in the channels-last memory format (``torch.channels_last_3d``): the same
+        arithmetic in another order, 1.4× the volumes per second of the Hofmann CNN on one CPU
+        thread at 4 mm (``bench/bench_train.py``). Models with 2D layers train as they are.
     """
 
     section_path: ClassVar[str] = "train"
@@ -108,6 +112,7 @@ class TrainConfig(Section):
     )
     device: str = "auto"
     amp: bool = True
+    channels_last: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -542,6 +547,10 @@ def _fit(
     standardize, mean, sd = _target_scaling(config, y_train)
     model, model_params = initial_model(config, x_train.shape[1:], y_train)
     model = model.to(device)
+    fmt = torch.contiguous_format
+    if config.channels_last and all(p.dim() != 4 for p in model.parameters()):
+        fmt = torch.channels_last_3d  # faster 3D convolutions on CPU (bench/bench_train.py)
+        model = model.to(memory_format=fmt)
     out_layer = getattr(model, "output_layer", None)
     if out_layer is not None:
         out_layer.bias.requires_grad_(False)  # bias fixed at the mean age
@@ -599,6 +608,7 @@ def _fit(
             ):
                 continue  # BatchNorm cannot train on a batch of one
             xb = _augment_batch(xt[idx], transform).to(device, non_blocking=True)
+            xb = xb.contiguous(memory_format=fmt)
             zb = zt[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=use_amp):
@@ -654,6 +664,7 @@ def _fit(
         if progress is not None:
             progress(epoch, config.epochs, val_mae)
 
+    model = model.to(memory_format=torch.contiguous_format)  # as a loaded model predicts
     if best_state is not None:
         model.load_state_dict(best_state)
     if standardize:
