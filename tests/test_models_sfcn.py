@@ -17,12 +17,8 @@ from brainage.io.layout import RunLayout
 from brainage.models import MODELS, SFCN, build_model
 from brainage.models.sfcn import EXTEND_LOG_RATIO, gaussian_soft_labels
 from brainage.train import TrainConfig, load_model, predict_volumes, train_model
-from brainage.train.trainer import (
-    checkpoint_sha256,
-    initial_model,
-    kl_soft_label_loss,
-    read_state_dict,
-)
+from brainage.train.pretrained import checkpoint_sha256, read_state_dict
+from brainage.train.trainer import initial_model, kl_soft_label_loss
 from brainage.workflow.records import cache_key
 from brainage.workflow.stage import RunContext
 from brainage.workflow.stages.train import TrainStage

@@ -115,7 +115,7 @@ class TrainStage(Stage):
         fold = parse_model_item(item)[0]
         inputs = {"subjects": _subject_inputs(ctx, self._subjects(ctx, item), fold)}
         if ctx.config.train.init_from is not None and is_network(item):  # the file's bytes
-            from brainage.train.trainer import checkpoint_sha256
+            from brainage.train.pretrained import checkpoint_sha256
 
             inputs["init_from_sha256"] = checkpoint_sha256(ctx.config.train.init_from)
         return inputs
