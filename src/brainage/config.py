@@ -84,6 +84,14 @@ class EnsembleConfig(Section):
         seeds: ``voxel_ridge`` is ridge regression on the model-input voxels inside the brain
         mask (:func:`brainage.models.fit_voxel_ridge`). The head uses a learner only when that
         lowers the validation MAE (see :func:`brainage.ensemble.fit_ensemble_head`).
+    regions : list of {"cortex", "subcortex", "cerebellum"}
+        Region sub-ensembles (paper 001's multi-level ensemble, MLens type ii): per region the
+        same CNN seeds are trained on the input masked to that brain compartment
+        (:mod:`brainage.atlas.compartments`) and cropped to its box; each region's CNNs get
+        their own guarded ridge head, and a top ridge head over the sub-ensembles (the
+        whole-brain one included) gives ``brain_age`` (see :mod:`brainage.ensemble.mlens`).
+        ``[]`` (default): one whole-brain ensemble. Costs about 1.5× the training time of
+        the whole-brain CNNs for all three regions at 4 mm.
     interval : {"conformal", "conformal_scaled"}
         Prediction interval of ``brain_age`` (columns ``brain_age_lower`` / ``brain_age_upper``):
         split-conformal from out-of-fold absolute residuals (constant width), or normalised by
@@ -98,6 +106,7 @@ class EnsembleConfig(Section):
     ridge_alpha: Annotated[float, Field(gt=0)] = 1.0
     ridge_positive: bool = True
     learners: list[Literal["voxel_ridge"]] = Field(default_factory=lambda: ["voxel_ridge"])
+    regions: list[Literal["cortex", "subcortex", "cerebellum"]] = Field(default_factory=list)
     interval: Literal["conformal", "conformal_scaled"] = "conformal"
     interval_level: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
 
@@ -106,6 +115,13 @@ class EnsembleConfig(Section):
     def _unique(cls, v):
         if v is not None and (not v or len(set(v)) != len(v)):
             raise ValueError("must be a non-empty list of distinct integers")
+        return v
+
+    @field_validator("regions")
+    @classmethod
+    def _distinct_regions(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"must name each region once; got {v}")
         return v
 
 

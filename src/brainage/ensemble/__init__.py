@@ -15,6 +15,7 @@ from brainage.ensemble.core import (
     regression_metrics,
     residualize_gap,
 )
+from brainage.ensemble.mlens import MultiLevelHead, fit_multilevel_head, head_from_dict
 
 __all__ = [
     "AgeBiasCorrection",
@@ -23,6 +24,9 @@ __all__ = [
     "conformal_quantile",
     "cross_conformal_interval",
     "interval_scores",
+    "MultiLevelHead",
+    "fit_multilevel_head",
+    "head_from_dict",
     "RidgeHead",
     "ensemble_uncertainty",
     "fit_ensemble_head",

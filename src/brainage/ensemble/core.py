@@ -112,7 +112,13 @@ class RidgeHead:
 
 
 def fit_ensemble_head(
-    predictions, ages, alpha: float = 1.0, positive: bool = True, seed: int = 0, networks=None
+    predictions,
+    ages,
+    alpha: float = 1.0,
+    positive: bool = True,
+    seed: int = 0,
+    networks=None,
+    subset_name: str = "mean_networks",
 ) -> tuple[RidgeHead, dict]:
     """Fit the ridge head of paper 001, guarded against over-fitting a small validation set.
 
@@ -134,14 +140,17 @@ def fit_ensemble_head(
         Seed of the cross-validation folds.
     networks : array-like of bool, shape (n_models,), optional
         Which base models are CNNs (default: all).
+    subset_name : str
+        Name of the third candidate, the mean of the ``networks`` columns alone (the top head
+        of a multi-level ensemble calls it ``"brain"``: the whole-brain sub-ensemble alone).
 
     Returns
     -------
     head : RidgeHead
         The chosen head, fitted on all validation subjects.
     info : dict
-        ``{"kind": "ridge" | "mean" | "mean_networks", "cv_mae_ridge", "cv_mae_mean",
-        "cv_mae_mean_networks"}`` (years; the means are not fitted, so their validation MAE is
+        ``{"kind": "ridge" | "mean" | subset_name, "cv_mae_ridge", "cv_mae_mean",
+        "cv_mae_<subset_name>"}`` (years; the means are not fitted, so their validation MAE is
         already out-of-sample).
     """
     p = _check_2d(predictions)
@@ -156,7 +165,7 @@ def fit_ensemble_head(
     if 0 < networks.sum() < n:
         only = RidgeHead.equal_weights(n)
         only.coef_ = np.where(networks, 1.0 / networks.sum(), 0.0)
-        heads["mean_networks"] = (only, float(np.mean(np.abs(only.predict(p) - ages))))
+        heads[subset_name] = (only, float(np.mean(np.abs(only.predict(p) - ages))))
     eligible = [k for k in heads if k != "ridge" or n > 1]
     kind = min(eligible, key=lambda k: (heads[k][1], k != "mean"))  # ties: the plain mean
     info = {"kind": kind, **{f"cv_mae_{k}": float(v[1]) for k, v in heads.items()}}

@@ -24,11 +24,17 @@ def default_layer(model: nn.Module) -> str | tuple[str, ...]:
     ``"layer3"`` if the model has it (ResNet3D, paper 004), else the name of the model's last
     ``nn.Conv3d`` (HofmannCNN: the last convolution, ``features.16``).
 
+    A :class:`brainage.models.compartment.CompartmentModel` (region sub-ensembles) uses the
+    default of the network it wraps (``net.`` prefixed).
+
     Raises
     ------
     ConfigError
         The model has none of these.
     """
+    if _compartment(model) is not None:
+        inner = default_layer(model.net)
+        return f"net.{inner}" if isinstance(inner, str) else tuple(f"net.{n}" for n in inner)
     declared = _projected_layers(model)
     if declared:
         return tuple(declared)
@@ -39,6 +45,11 @@ def default_layer(model: nn.Module) -> str | tuple[str, ...]:
     if not convs:
         raise ConfigError("Grad-CAM needs a convolutional layer; give 'layer' (a module name)")
     return convs[-1]
+
+
+def _compartment(model: nn.Module):
+    """Return the model if it is a compartment wrapper (it crops its input), else None."""
+    return model if callable(getattr(model, "uncrop", None)) else None
 
 
 def _projected_layers(model: nn.Module) -> dict[str, int]:
@@ -107,6 +118,9 @@ def gradcam(
     Units: years per layer voxel; e.g. when ``layer`` is followed only by global average
     pooling and the linear output neuron, the map on the layer's grid sums to ``f(x) − b_out``.
 
+    **Compartment models** (region sub-ensembles) crop their input to a box: the CAM is
+    upsampled to the box, placed in the input grid and zeroed outside the compartment.
+
     **2D layers of projection (2.5D) models.** A model may declare ``gradcam_layers``, a dict
     from layer name to the input axis (0 = i, 1 = j, 2 = k) that its branch projected out before
     that layer (:class:`brainage.models.projection.ProjectionCNN`:
@@ -157,6 +171,12 @@ def gradcam(
                 f"Grad-CAM layer {name!r} must output a 5D tensor (n, channels, a, b, d); "
                 f"got {type(cam).__name__}"
             )
-        cam = _to_input_grid(cam.detach(), name, declared.get(name), x, interpolate_mode)
+        wrapper = _compartment(model)
+        if wrapper is None:
+            cam = _to_input_grid(cam.detach(), name, declared.get(name), x, interpolate_mode)
+        else:  # the layer lives on the crop box: upsample to it, then place it in the grid
+            box = wrapper.crop(x.detach())
+            cam = _to_input_grid(cam.detach(), name, declared.get(name), box, interpolate_mode)
+            cam = wrapper.uncrop(cam)
         total = cam if total is None else total + cam
     return total.expand(-1, x.shape[1], -1, -1, -1)

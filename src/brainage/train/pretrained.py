@@ -146,7 +146,9 @@ def load_init_weights(model: nn.Module, state: dict, path: str | Path, name: str
     model.load_state_dict(state, strict=False)
 
 
-def initial_model(config: TrainConfig, input_shape, y_train) -> tuple[nn.Module, dict[str, Any]]:
+def initial_model(
+    config: TrainConfig, input_shape, y_train, compartment: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Build the model that training starts from (random or ``config.init_from``), on the CPU.
 
     Parameters
@@ -156,6 +158,10 @@ def initial_model(config: TrainConfig, input_shape, y_train) -> tuple[nn.Module,
         (c, i, j, k) of one input volume, voxels.
     y_train : array-like, shape (n_train,)
         Training ages, years (set the output bias, the target scaling and the age bins).
+    compartment : str, optional
+        Build the architecture for this brain compartment's crop box and wrap it in a
+        :class:`brainage.models.compartment.CompartmentModel` (region sub-ensembles, paper 001
+        type ii). ``model_params["input_shape"]`` is then the box shape.
 
     Returns
     -------
@@ -183,11 +189,25 @@ def initial_model(config: TrainConfig, input_shape, y_train) -> tuple[nn.Module,
     input_shape = tuple(int(s) for s in input_shape)
     model_params = {"input_shape": input_shape[1:], "in_channels": input_shape[0]}
     model_params.update(config.model_params)
-    model = build_model(config.model, mean_age=init_bias, **model_params)
+    if compartment is not None:
+        from brainage.models.compartment import compartment_crop_shape, for_compartment
+
+        model_params["input_shape"] = compartment_crop_shape(
+            compartment, config.resolution_mm, input_shape[1:]
+        )
+
+    def make(params):
+        net = build_model(config.model, mean_age=init_bias, **params)
+        if compartment is None:
+            return net
+        return for_compartment(net, compartment, config.resolution_mm)
+
+    model = make(model_params)
     margin = 2.0 * config.soft_label_sigma
     if config.init_from is not None:
         state = read_state_dict(config.init_from)
-        load_init_weights(model, state, config.init_from, config.model)
+        inner = model if compartment is None else model.net
+        load_init_weights(inner, state, config.init_from, config.model)
         del state
         if not soft:  # the checkpoint's output neuron predicts years: re-express it in z
             with torch.no_grad():
@@ -200,6 +220,6 @@ def initial_model(config: TrainConfig, input_shape, y_train) -> tuple[nn.Module,
         elif n_below or n_above:  # a fresh model is simply built on the wider bins
             model_params["bin_start"] = model.bin_start - n_below * model.bin_width
             model_params["n_bins"] = model.n_bins + n_below + n_above
-            model = build_model(config.model, mean_age=init_bias, **model_params)
+            model = make(model_params)
         model_params["bin_start"], model_params["n_bins"] = model.bin_start, model.n_bins
     return model, model_params

@@ -301,6 +301,7 @@ def train_model(
     progress=None,
     meta_extra: dict | None = None,
     checkpoint: str | Path | None = None,
+    compartment: str | None = None,
 ) -> TrainResult:
     """Train one base model with early stopping on the validation MAE.
 
@@ -328,6 +329,11 @@ def train_model(
         values (read with ``torch.load(weights_only=True)``); it is removed when training ends.
         Name it by the inputs (the stage engine uses the item's cache key) so that a checkpoint
         of other data is never resumed.
+    compartment : str, optional
+        Train on one brain compartment (``"cortex"``, ``"subcortex"``, ``"cerebellum"``; paper
+        001's region sub-ensembles): the architecture is built for the compartment's crop box
+        and wrapped in a :class:`brainage.models.compartment.CompartmentModel`, which takes the
+        full volumes. Recorded in ``model.json`` so that :func:`load_model` rebuilds it.
 
     Returns
     -------
@@ -355,18 +361,19 @@ def train_model(
         torch.manual_seed(seed)
         return _fit(
             x_train, y_train, x_val, y_val, config, seed, out_dir, progress, meta_extra, device,
-            None if checkpoint is None else Path(checkpoint),
+            None if checkpoint is None else Path(checkpoint), compartment,
         )  # fmt: skip
 
 
 def _fit(
-    x_train, y_train, x_val, y_val, config, seed, out_dir, progress, meta_extra, device, ckpt_path
+    x_train, y_train, x_val, y_val, config, seed, out_dir, progress, meta_extra, device, ckpt_path,
+    compartment=None,
 ):  # fmt: skip
     """Run the training loop of :func:`train_model` (torch's global generator already seeded)."""
     y_train = np.asarray(y_train, dtype=np.float64)
     soft = is_soft_label_model(config.model, config.model_params)
     standardize, mean, sd = _target_scaling(config, y_train)
-    model, model_params = initial_model(config, x_train.shape[1:], y_train)
+    model, model_params = initial_model(config, x_train.shape[1:], y_train, compartment)
     model = model.to(device)
     fmt = torch.contiguous_format
     if config.channels_last and all(p.dim() != 4 for p in model.parameters()):
@@ -501,6 +508,7 @@ def _fit(
                 k: list(v) if isinstance(v, tuple) else v for k, v in model_params.items()
             },
             "resolution_mm": config.resolution_mm,
+            "compartment": compartment,
             "seed": seed,
             "train_mean_age": mean,
             "train_sd_age": sd,
@@ -549,6 +557,10 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     meta = json.loads((path / "model.json").read_text())
     params = dict(meta["model_params"])
     model = build_model(meta["model"], **params)
+    if meta.get("compartment"):  # a region sub-ensemble's base model
+        from brainage.models.compartment import for_compartment
+
+        model = for_compartment(model, meta["compartment"], meta["resolution_mm"])
     model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     model.eval()
     return model, meta

@@ -129,7 +129,7 @@ class EvaluateStage(Stage):
         from brainage.workflow.stages.predict import load_models
         from brainage.workflow.stages.train import (
             explaining_items,
-            is_network,
+            is_explainer,
             load_reference,
             parse_model_item,
         )
@@ -139,7 +139,7 @@ class EvaluateStage(Stage):
         pids, stack = relevance_stack(ctx, method)
         outputs, values = {}, {}
         per_seed = []
-        networks = [i for i in ctx.stage_records("train") if is_network(i)]
+        networks = [i for i in ctx.stage_records("train") if is_explainer(i)]
         for name in dict.fromkeys(parse_model_item(i)[1] for i in sorted(networks)):  # seed-<n>
             maps = _read(
                 [ctx.record("explain", f"{method}/{p}").output(layout, name) for p in pids]

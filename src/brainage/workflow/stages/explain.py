@@ -20,7 +20,7 @@ from brainage.io.nifti import save_nifti
 from brainage.workflow.stage import ItemResult, RunContext, Stage, subject_of
 from brainage.workflow.stages.train import (
     explaining_items,
-    is_network,
+    is_explainer,
     parse_model_item,
     reference_item,
 )
@@ -57,7 +57,7 @@ class NoiseStage(Stage):
     def items(self, ctx: RunContext) -> list[str]:
         if UNOISE not in ctx.config.explain.methods or ctx.mode == "apply":
             return []
-        return sorted(i for i in ctx.stage_records("train") if is_network(i))
+        return sorted(i for i in ctx.stage_records("train") if is_explainer(i))
 
     def _fit_subjects(self, ctx: RunContext, item: str) -> tuple[list[str], list[str]]:
         n = ctx.config.explain.unoise_fit.n_subjects

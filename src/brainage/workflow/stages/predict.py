@@ -22,11 +22,13 @@ import pandas as pd
 from brainage.ensemble import (
     AgeBiasCorrection,
     ConformalInterval,
-    RidgeHead,
+    MultiLevelHead,
     base_spread,
     cross_conformal_interval,
     ensemble_uncertainty,
     fit_ensemble_head,
+    fit_multilevel_head,
+    head_from_dict,
     interval_scores,
     regression_metrics,
 )
@@ -36,8 +38,10 @@ from brainage.workflow.stages.train import (
     fold_model_items,
     is_network,
     model_folds,
+    model_region,
     model_seed,
     parse_model_item,
+    sub_ensemble,
 )
 
 #: Data dictionary of ``predictions.tsv``, written beside it as ``predictions.json`` (BIDS
@@ -97,12 +101,18 @@ PREDICTION_COLUMNS: dict[str, dict] = {
 }
 
 
+#: Columns of ``metrics.tsv`` (written, with no rows, also when no subject has an age).
+METRIC_COLUMNS = ["model", "split", "fold", "n", "mae", "rmse", "r"]
+
+
 def base_column_description(name: str) -> dict:
     """Data-dictionary entry of the column ``brain_age_<name>`` (one base model)."""
+    region = model_region(name)
     what = (
         "ridge regression on the voxels of the model input (a non-CNN learner)"
-        if name == "voxelridge"
-        else f"the CNN with seed {name.split('-', 1)[-1]}"
+        if model_seed(name) is None
+        else f"the CNN with seed {model_seed(name)}"
+        + ("" if region is None else f" that sees the {region} compartment only")
     )
     return {
         "Description": f"Prediction of base model {name}, {what}, of the subject's fold (the "
@@ -140,7 +150,7 @@ def _fitted(ctx: RunContext) -> tuple[dict, ConformalInterval | None]:
         info["folds"] = [{"fold": None, "head": info["head"], "bias_correction": bias}]
     fits = {
         f["fold"]: (
-            RidgeHead.from_dict(f["head"]),
+            head_from_dict(f["head"]),
             AgeBiasCorrection.from_dict(f["bias_correction"]),
         )
         for f in info["folds"]
@@ -222,14 +232,25 @@ class PredictStage(Stage):
                 val = np.array([roles[pids[i]] == "validation" for i in idx])
             e = c.ensemble
             networks = [is_network(i) for i in items]
-            head, out["head_choice"] = fit_ensemble_head(
-                base[val], a[val], e.ridge_alpha, e.ridge_positive, seed=c.seed, networks=networks
-            )
-            ens = head.predict(base)
-            if out["head_choice"]["kind"] == "ridge":  # out-of-fold head predictions
-                ens[val] = head.cross_val_predict(base[val], a[val], seed=c.seed)
+            groups = [sub_ensemble(n) for n in out["names"]]
+            if len(set(groups)) > 1:  # region sub-ensembles: the multi-level head (MLens)
+                head, out["head_choice"], val_pred = fit_multilevel_head(
+                    base[val], a[val], groups, networks, e.ridge_alpha, e.ridge_positive, c.seed
+                )
+                ens = head.predict(base)
+                ens[val] = val_pred  # out-of-sample (stacked) validation predictions
+            else:
+                head, out["head_choice"] = fit_ensemble_head(
+                    base[val], a[val], e.ridge_alpha, e.ridge_positive, seed=c.seed,
+                    networks=networks,
+                )  # fmt: skip
+                ens = head.predict(base)
+                if out["head_choice"]["kind"] == "ridge":  # out-of-fold head predictions
+                    ens[val] = head.cross_val_predict(base[val], a[val], seed=c.seed)
             b = c.bias_correction
             bc = AgeBiasCorrection(b.min_slope, b.n_bootstrap, c.seed).fit(a[val], ens[val])
+        if isinstance(head, MultiLevelHead):
+            out["sub"], out["groups"] = head.sub_predict(base), head.groups
         corrected = bc.transform(ens)
         out.update(head=head, bc=bc, ens=ens, corrected=corrected)
         out["use"] = corrected if bc.recommended_ == "brain_age_corrected" else ens
@@ -265,18 +286,37 @@ class PredictStage(Stage):
         brain_age, corrected, use = combine("ens"), combine("corrected"), combine("use")
         base = combine("base")
         cnn = np.array([model_seed(n) is not None for n in names])  # the CNN columns
-        every_base = [  # the CNN predictions of each subject (all folds' for those in none)
-            np.concatenate(
-                [
-                    f["base"][f["pos"][i]][cnn]
+
+        def gather(field: str, cols=None) -> list[np.ndarray]:
+            """Per subject: its fold's values (all folds' for subjects in none), concatenated."""
+            out = []
+            for i in range(len(pids)):
+                vals = [
+                    f[field][f["pos"][i]]
                     for f in fits
                     if own[i] in (0, f["fold"]) and i in f["pos"]
                 ]
-            )
-            for i in range(len(pids))
-        ]
-        uncertainty = np.array([ensemble_uncertainty(b[None])[0] for b in every_base])
+                out.append(np.concatenate([v if cols is None else v[cols] for v in vals]))
+            return out
+
+        def t_width(values: list[np.ndarray]) -> np.ndarray:
+            return np.array([ensemble_uncertainty(b[None])[0] for b in values])
+
+        every_base = gather("base", cnn)  # the CNN predictions of each subject
         spread = np.array([base_spread(b[None])[0] for b in every_base])
+        groups = fits[0].get("groups")  # sub-ensembles of a multi-level ensemble, or None
+        sub_columns: dict[str, np.ndarray] = {}
+        if groups:  # MLens: uncertainty across sub-ensembles, and within each (paper 001)
+            uncertainty = t_width(gather("sub"))
+            member = np.array([sub_ensemble(n) for n in names])
+            sub = combine("sub")
+            for g_i, g in enumerate(groups):
+                sub_columns[f"brain_age_ensemble-{g}"] = sub[:, g_i]
+                sub_columns[f"uncertainty_ensemble-{g}"] = t_width(
+                    gather("base", cnn & (member == g))
+                )
+        else:
+            uncertainty = t_width(every_base)
         baseline = np.array(
             [
                 np.mean([f["train_mean_age"] for f in fits if own[i] in (0, f["fold"])])
@@ -310,16 +350,28 @@ class PredictStage(Stage):
         pred["split"] = split
         for j, name in enumerate(names):
             pred[f"brain_age_{name}"] = base[:, j]
+        for column, values in sub_columns.items():
+            pred[column] = values
         dictionary = {k: v for k, v in PREDICTION_COLUMNS.items() if k in pred}
         dictionary.update({f"brain_age_{n}": base_column_description(n) for n in names})
-
-        metrics = _metrics(ages, split, own, base, names, brain_age, corrected, baseline, crossfit)
+        if groups:
+            dictionary.update(_mlens_dictionary(groups))
+            scored_cols = [sub_columns[f"brain_age_ensemble-{g}"] for g in groups]
+            m_base = np.column_stack([base, *scored_cols])
+            m_names = [*names, *[f"ensemble-{g}" for g in groups]]
+        else:
+            m_base, m_names = base, names
+        metrics = _metrics(
+            ages, split, own, m_base, m_names, brain_age, corrected, baseline, crossfit
+        )
         scored = np.isfinite(ages) & np.isin(split, ["test"])
         interval_fit = interval_scores(ages[scored], lower[scored], upper[scored])
         outputs = {
             "predictions": write_tsv(layout.file("predictions.tsv"), pred),
             "dictionary": write_json(layout.file("predictions.json"), dictionary),
-            "metrics": write_tsv(layout.file("metrics.tsv"), pd.DataFrame(metrics)),
+            "metrics": write_tsv(
+                layout.file("metrics.tsv"), pd.DataFrame(metrics, columns=METRIC_COLUMNS)
+            ),
         }
         if ctx.mode == "run":
             outputs.update(self._write_fits(ctx, fits, interval, interval_fit, crossfit))
@@ -349,6 +401,7 @@ class PredictStage(Stage):
         ensemble = {
             "scheme": "kfold" if crossfit else "holdout",
             "names": fits[0]["names"],
+            "sub_ensembles": fits[0].get("groups") or ["brain"],
             "folds": fold_info,
             "interval": {**interval.to_dict(), "scores": interval_fit},
             "train_mean_age": float(np.mean([f["train_mean_age"] for f in fits])),
@@ -358,6 +411,32 @@ class PredictStage(Stage):
             "bias_correction": write_json(layout.file("bias_correction.json"), bias_file),
             "ensemble": write_json(layout.file("ensemble.json"), ensemble),
         }
+
+
+def _mlens_dictionary(groups: list[str]) -> dict:
+    """Data-dictionary entries of a multi-level ensemble's columns."""
+    out = {
+        "uncertainty": {
+            "Description": "Paper 001's uncertainty of the multi-level ensemble: width of the "
+            "95 % t-interval of the mean of the sub-ensembles' predictions (2 t s / sqrt(G), G "
+            "sub-ensembles, s their standard deviation; all folds' for subjects in none). Not an "
+            "interval for the age (see brain_age_lower / brain_age_upper).",
+            "Units": "year",
+        }
+    }
+    for g in groups:
+        where = "the whole brain" if g == "brain" else f"the {g} compartment only"
+        out[f"brain_age_ensemble-{g}"] = {
+            "Description": f"Prediction of the sub-ensemble of {where}: its base models "
+            "combined by its guarded ridge head (ensemble.json), of the subject's fold.",
+            "Units": "year",
+        }
+        out[f"uncertainty_ensemble-{g}"] = {
+            "Description": f"Sub-ensemble-level uncertainty of {where}: width of the 95 % "
+            "t-interval of the mean of its CNNs (paper 001).",
+            "Units": "year",
+        }
+    return out
 
 
 def _bias_summary(biases: list[dict]) -> dict:

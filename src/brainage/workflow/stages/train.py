@@ -21,9 +21,11 @@ from brainage.workflow.stage import ItemResult, RunContext, Stage
 LEARNERS = {"voxel_ridge": "voxelridge"}
 
 
-def model_item(fold: int | None, name: int | str) -> str:
-    """Item of a base model: ``[fold-<k>_]seed-<n>`` (a CNN seed) or ``[fold-<k>_]<learner>``."""
+def model_item(fold: int | None, name: int | str, region: str | None = None) -> str:
+    """Item of a base model: ``[fold-<k>_][region-<r>_]seed-<n>`` (a CNN) or ``…<learner>``."""
     name = f"seed-{int(name)}" if isinstance(name, int) else str(name)
+    if region is not None:
+        name = f"region-{region}_{name}"
     return name if fold is None else f"fold-{int(fold)}_{name}"
 
 
@@ -37,13 +39,35 @@ def parse_model_item(item: str) -> tuple[int | None, str]:
 
 
 def model_seed(name: str) -> int | None:
-    """Seed of a CNN base model ``seed-<n>``; None for a non-CNN learner."""
-    return int(name.split("-", 1)[1]) if name.startswith("seed-") else None
+    """Seed of a CNN base model ``[region-<r>_]seed-<n>``; None for a non-CNN learner."""
+    last = name.rsplit("_", 1)[-1]
+    return int(last.split("-", 1)[1]) if last.startswith("seed-") else None
+
+
+def model_region(name: str) -> str | None:
+    """Brain compartment of a region sub-ensemble's model ``region-<r>_seed-<n>``; else None."""
+    return name.split("_", 1)[0].split("-", 1)[1] if name.startswith("region-") else None
+
+
+def sub_ensemble(name: str) -> str:
+    """Sub-ensemble of a base model: its region, or ``"brain"`` (whole-brain CNNs, learners)."""
+    return model_region(name) or "brain"
 
 
 def is_network(item: str) -> bool:
-    """Whether a base-model item is a CNN (explained, U-Noise-fitted) rather than a learner."""
+    """Whether a base-model item is a CNN (whole-brain or region) rather than a learner."""
     return model_seed(parse_model_item(item)[1]) is not None
+
+
+def is_explainer(item: str) -> bool:
+    """Whether a base-model item is a whole-brain CNN: those are explained and U-Noise-fitted.
+
+    Region sub-ensembles' CNNs predict (MLens) but are not explained: their maps are zero
+    outside their compartment, and the relevance maps of a subject are those of the
+    whole-brain CNNs of its fold.
+    """
+    name = parse_model_item(item)[1]
+    return model_seed(name) is not None and model_region(name) is None
 
 
 def model_folds(ctx: RunContext) -> list[int | None]:
@@ -53,27 +77,28 @@ def model_folds(ctx: RunContext) -> list[int | None]:
 
 
 def fold_model_items(ctx: RunContext, fold: int | None) -> list[str]:
-    """Finished base-model items of outer fold ``fold``: CNN seeds in order, then learners."""
+    """Finished base-model items of ``fold``: CNN seeds, learners, then region CNNs by region."""
     items = [i for i in ctx.stage_records("train") if parse_model_item(i)[0] == fold]
 
-    def order(item: str) -> tuple:
+    def order(item: str) -> tuple:  # whole-brain CNNs, learners, then regions (each by seed)
         name = parse_model_item(item)[1]
-        seed = model_seed(name)
-        return (seed is None, seed or 0, name)
+        seed, region = model_seed(name), model_region(name)
+        return (region is not None, region or "", seed is None, seed or 0, name)
 
     return sorted(items, key=order)
 
 
 def explaining_items(ctx: RunContext, participant_id: str) -> list[str]:
-    """Return the CNN base models that explain ``participant_id``.
+    """Return the whole-brain CNN base models that explain ``participant_id``.
 
     With cross-fitting a subject with age is held out by exactly one fold, whose models never
     saw it; a subject without age, and every subject of ``brainage predict``, gets all folds.
-    Non-CNN learners predict but are not explained (a linear model's map is its weights).
+    Non-CNN learners predict but are not explained (a linear model's map is its weights), nor
+    are region sub-ensembles' CNNs (see :func:`is_explainer`).
     """
     fold = ctx.fold_of(participant_id) if ctx.mode == "run" else None
     folds = [fold] if fold is not None else model_folds(ctx)
-    return [i for f in folds for i in fold_model_items(ctx, f) if is_network(i)]
+    return [i for f in folds for i in fold_model_items(ctx, f) if is_explainer(i)]
 
 
 def _subject_inputs(ctx: RunContext, pids, fold: int | None) -> list:
@@ -91,8 +116,11 @@ class TrainStage(Stage):
     parallel = True
 
     def items(self, ctx: RunContext) -> list[str]:
-        learners = [LEARNERS[n] for n in ctx.config.ensemble.learners]
-        return [model_item(f, s) for f in ctx.folds() for s in [*ctx.config.seeds, *learners]]
+        e = ctx.config.ensemble
+        learners = [LEARNERS[n] for n in e.learners]
+        names = [model_item(None, s) for s in [*ctx.config.seeds, *learners]]
+        names += [model_item(None, s, r) for r in e.regions for s in ctx.config.seeds]
+        return [model_item(f, n) for f in ctx.folds() for n in names]
 
     def _subjects(self, ctx: RunContext, item: str) -> list[str]:
         return ctx.subjects_in("train", "validation", fold=parse_model_item(item)[0])
@@ -107,6 +135,12 @@ class TrainStage(Stage):
             return {"learner": parse_model_item(item)[1], "alphas": list(ALPHAS),
                     "resolution_mm": ctx.config.train.resolution_mm}  # fmt: skip
         params = ctx.config.train.to_dict()
+        region = model_region(parse_model_item(item)[1])
+        if region is not None:  # the compartment's definition is part of the model
+            from brainage.atlas import compartments
+
+            params["region"] = region
+            params["compartments_version"] = compartments.VERSION
         if params.get("init_from") is not None:  # the checkpoint's bytes (inputs), not its path
             params["init_from"] = "sha256"
         return params
@@ -168,6 +202,7 @@ class TrainStage(Stage):
                 folder,
                 progress=tick,
                 checkpoint=ckpt,
+                compartment=model_region(name),
             )
         finally:
             bar.close()
