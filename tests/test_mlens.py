@@ -205,6 +205,10 @@ def test_run_with_region_sub_ensembles(tmp_path):
     )
     dictionary = json.loads((out / "predictions.json").read_text())
     assert set(dictionary) == set(pred.columns)
+    html = (out / "report.html").read_text()
+    assert "which sub-ensembles the head relies on" in html
+    mae = (pred["brain_age_ensemble-cerebellum"] - pred["age"]).abs().mean()
+    assert f"<td>{mae:.2f}</td>" in html  # the cerebellum sub-ensemble's out-of-fold MAE
     metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
     assert {"ensemble-cerebellum", "ensemble-brain"} <= set(metrics["model"])
     # leakage: no region model saw a subject it predicts

@@ -29,15 +29,50 @@ def _fold_rows(run: RunFolder) -> list[dict]:
             base = part[part["model"].astype(str).str.startswith("seed-")]["mae"].astype(float)
             row["best_base_mae"] = float(base.min()) if len(base) else None
         choice = f.get("head_choice") or {}
-        coef = (f.get("head") or {}).get("coef") or []
-        row["head"] = choice.get("kind", "n/a")
-        row["weights"] = ", ".join(
-            f"{n} {w:.2f}" for n, w in zip(f.get("names", names), coef, strict=False)
-        )
+        head = f.get("head") or {}
+        if head.get("kind") == "mlens":  # the top head's weights over the sub-ensembles
+            coef, labels = (head.get("top") or {}).get("coef") or [], head.get("groups") or []
+            row["head"] = f"two-level, top: {choice.get('kind', 'n/a')}"
+        else:
+            coef, labels = head.get("coef") or [], f.get("names", names)
+            row["head"] = choice.get("kind", "n/a")
+        row["weights"] = ", ".join(f"{n} {w:.2f}" for n, w in zip(labels, coef, strict=False))
         bias = f.get("bias_correction") or {}
         row["slope"] = bias.get("slope")
         row["gap_from"] = bias.get("recommended_column", "brain_age")
         rows.append(row)
+    return rows
+
+
+def _subensemble_rows(run: RunFolder) -> list[dict]:
+    """One row per sub-ensemble of a multi-level ensemble: out-of-fold MAE, top weight, choice."""
+    ens = run.ensemble or {}
+    groups = ens.get("sub_ensembles") or []
+    if len(groups) < 2:
+        return []
+    pred, folds = run.predictions, ens.get("folds") or []
+    scored = pred[pred["age"].notna() & (pred["split"].astype(str) == "test")]
+    rows = []
+    for j, g in enumerate(groups):
+        col, unc = f"brain_age_ensemble-{g}", f"uncertainty_ensemble-{g}"
+        weights, kinds = [], []
+        for f in folds:
+            head = f.get("head") or {}
+            coef = (head.get("top") or {}).get("coef") or []
+            if j < len(coef):
+                weights.append(float(coef[j]))
+            sub = ((f.get("head_choice") or {}).get("sub_ensembles") or {}).get(g) or {}
+            kinds.append(sub.get("kind", "n/a"))
+        mae = (scored[col] - scored["age"]).abs().mean() if col in scored else None
+        rows.append(
+            {
+                "name": g,
+                "mae": None if mae is None or pd.isna(mae) else float(mae),
+                "weight": float(np.mean(weights)) if weights else None,
+                "uncertainty": float(scored[unc].median()) if unc in scored else None,
+                "heads": ", ".join(f"{k} ×{kinds.count(k)}" for k in dict.fromkeys(kinds)),
+            }
+        )
     return rows
 
 
@@ -55,6 +90,7 @@ def _crossfit_section(run: RunFolder) -> dict | None:
         "n_folds": len(ens.get("folds") or []),
         "n_oof": int(len(scored)),
         "folds": _fold_rows(run) if crossfit else [],
+        "sub_ensembles": _subensemble_rows(run),
         "interval": None,
         "figure": None,
     }
