@@ -171,6 +171,7 @@ def test_run_with_region_sub_ensembles(tmp_path):
         "bias_correction": {"n_bootstrap": 20},
         "explain": {"methods": ["lrp"]},
         "evaluate": {"n_subjects": 2, "randomisation": False},
+        "stats": {"n_perm": 99, "young_max": 45, "old_min": 55},
         "population": {"atlases": ["aal"]},
         "run": {"n_jobs": 1, "backend": "serial"},
     }  # fmt: skip
@@ -225,6 +226,8 @@ def test_run_with_region_sub_ensembles(tmp_path):
     assert maps and not [m for m in maps if "region" in str(m.relative_to(out))]
     folders = {p.name for p in (out / "explain" / "method-lrp").iterdir() if p.is_dir()}
     assert folders == {"seed-0"}  # per-model maps: the whole-brain CNN only
+    # the stats stage's young-vs-old t map equals an OLS fit of the scaled maps (statsmodels)
+    _check_young_old_t_map(out, cfg, pred)
     # brainage predict applies each fold's two-level head, averaged over the folds: for the
     # subject without age the run did exactly that, so both must agree
     no_age = pred.loc[pred["age"].isna(), "participant_id"].tolist()
@@ -241,3 +244,30 @@ def read_records_of(out, cfg, read_records):
 
     layout = RunLayout(out, cfg.train.resolution_mm)
     return read_records(layout, "train")
+
+
+def _check_young_old_t_map(out, cfg, pred):
+    import nibabel as nib
+    import statsmodels.api as sm
+
+    from brainage.io.layout import RunLayout
+
+    layout = RunLayout(out, cfg.train.resolution_mm)
+    mask = template_array("mask", 4.0)
+    summary = json.loads(layout.stats_table("lrp", "young_old", "summary").read_text())
+    assert summary["kind"] == "permutation" and summary["tfce"]["connectivity"] == 26
+    t_map = np.asarray(nib.load(str(layout.stats_map("lrp", "young_old", "t"))).dataobj)
+    known = pred.dropna(subset=["age"])
+    young, old = known[known["age"] <= 45], known[known["age"] >= 55]
+    assert summary["n_subjects"] == len(young) + len(old)
+    rows = [*young["participant_id"], *old["participant_id"]]
+    maps = np.stack(
+        [np.asarray(nib.load(str(layout.relevance("lrp", p))).dataobj)[mask] for p in rows]
+    )
+    maps /= np.abs(maps).mean(axis=1, keepdims=True)
+    x = np.column_stack([np.ones(len(rows)), np.r_[np.zeros(len(young)), np.ones(len(old))]])
+    voxels = np.flatnonzero(np.abs(maps).sum(axis=0) > 0)[:: max(1, mask.sum() // 7)][:5]
+    ref = [sm.OLS(maps[:, v], x).fit().tvalues[1] for v in voxels]
+    np.testing.assert_allclose(t_map[mask][voxels], ref, rtol=1e-4, atol=1e-4)
+    p_fwe = np.asarray(nib.load(str(layout.stats_map("lrp", "young_old", "pfwe"))).dataobj)
+    assert p_fwe[mask].min() >= 1 / 100 - 1e-9 and p_fwe[~mask].min() == 1

@@ -42,6 +42,7 @@ TINY = {
         },
     },
     "evaluate": {"n_subjects": 2},
+    "stats": {"n_perm": 19},
     "population": {"atlases": ["aal"]},
     "run": {"n_jobs": 1, "backend": "serial"},
 }
@@ -240,6 +241,7 @@ def test_changing_one_scan_reruns_only_what_depends_on_it(tiny_run, tmp_path):
         "regions": n_methods,
         "truth": 0,
         "evaluate": n_methods,
+        "stats": len(cfg.stats.analyses) * len(cfg.stats_methods),  # the maps changed
         "report": 1,
     }
     assert res.computed == expected

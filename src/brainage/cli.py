@@ -218,6 +218,7 @@ for _name, _doc in (
     ("population", "Population maps of a run's relevance maps."),
     ("regions", "Atlas region tables of a run's population maps."),
     ("evaluate", "Scores of a run's explanation methods (sanity checks, ground truth)."),
+    ("stats", "Voxelwise permutation tests with TFCE on a run's relevance maps."),
     ("report", "(Re)write report.html of a run (and whatever it needs that is stale)."),
 ):
     app.command(name=_name)(_run_command(_name, _doc))

@@ -326,6 +326,60 @@ class RunConfig(Section):
     strict: bool = False
 
 
+class StatsConfig(Section):
+    """Voxelwise permutation tests on relevance maps (paper 001; METHODS §10).
+
+    Parameters
+    ----------
+    analyses : list of {"one_sample", "young_old", "gap"}
+        ``one_sample``: is |relevance| above each subject's whole-brain mean (sign flips on
+        |R| / mean|R| − 1)? ``young_old``: signed maps of subjects ≤ ``young_max`` vs. ≥
+        ``old_min`` years. ``gap``: the brain-age gap as regressor with age and age² as
+        covariates in subjects ≥ ``gap_min_age``. An analysis the cohort cannot support (too few
+        subjects in a group) is skipped with a note in its record.
+    methods : list of str, optional
+        Relevance methods tested (default: the first of ``explain.methods``).
+    n_perm : int
+        Random permutations / sign flips (paper 001 and FSL: 5,000).
+    tfce_e, tfce_h : float
+        TFCE exponents (FSL volumes: E 0.5, H 2).
+    connectivity : {6, 18, 26}
+        TFCE and cluster neighbourhood (FSL: 26).
+    alpha : float
+        FWE level of the cluster tables and the figures.
+    blocks : {"fold", "none"}
+        Exchangeability blocks: with cross-fitting, permute within outer folds (each fold's maps
+        come from its own models).
+    young_max, old_min, gap_min_age : float
+        Years.
+    atlas : str
+        Atlas that labels the cluster peaks.
+    """
+
+    section_path: ClassVar[str] = "stats"
+    analyses: list[Literal["one_sample", "young_old", "gap"]] = Field(
+        default_factory=lambda: ["one_sample", "young_old", "gap"]
+    )
+    methods: list[str] | None = None
+    n_perm: Annotated[int, Field(ge=1)] = 1000
+    tfce_e: Annotated[float, Field(gt=0)] = 0.5
+    tfce_h: Annotated[float, Field(gt=0)] = 2.0
+    connectivity: Literal[6, 18, 26] = 26
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    blocks: Literal["fold", "none"] = "fold"
+    young_max: float = 40.0
+    old_min: float = 60.0
+    gap_min_age: float = 50.0
+    atlas: str = "harvard_oxford"
+
+    @field_validator("atlas")
+    @classmethod
+    def _atlas(cls, v):
+        from brainage.atlas import get_atlas_spec
+
+        return get_atlas_spec(v).name
+
+
 class Config(Section):
     """The whole configuration of a run (see the module docstring)."""
 
@@ -338,7 +392,24 @@ class Config(Section):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     population: PopulationConfig = Field(default_factory=PopulationConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _stats_methods(self) -> Config:
+        for m in self.stats.methods or []:
+            if m not in self.explain.methods:
+                raise ConfigError(
+                    f"'stats.methods': {m!r} is not one of explain.methods "
+                    f"({', '.join(self.explain.methods)}); "
+                    f"{did_you_mean(m, self.explain.methods)}"
+                )
+        return self
+
+    @property
+    def stats_methods(self) -> list[str]:
+        """Relevance methods the stats stage tests (default: the first explanation method)."""
+        return list(self.stats.methods or self.explain.methods[:1])
 
     @property
     def seeds(self) -> list[int]:
@@ -364,6 +435,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "train": {"resolution_mm": 4.0, "epochs": 20, "patience": 10, "augment": ["flip"]},
     "ensemble": {"n_seeds": 2},
     "bias_correction": {"n_bootstrap": 300},
+    "stats": {"n_perm": 500, "atlas": "aal"},
 }
 
 

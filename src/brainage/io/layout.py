@@ -244,6 +244,20 @@ class RunLayout:
         """Region table: ``OUT/regions/method-<m>_atlas-<a>_regions.tsv``."""
         return self.root / "regions" / f"method-{label(method)}_atlas-{label(atlas)}_regions.tsv"
 
+    # ------------------------------------------------------------------ statistics
+    def stats_map(self, method: str, analysis: str, stat: str) -> Path:
+        """Statistic map: ``OUT/stats/method-<m>_test-<a>_<space>_stat-<s>_statmap.nii.gz``.
+
+        ``stat``: ``t`` (or ``F``), ``tfce``, ``pfwe`` (TFCE FWE p), ``puncorr`` (TFCE p).
+        """
+        name = f"method-{label(method)}_test-{label(analysis)}_{self.space}_stat-{label(stat)}"
+        return self.root / "stats" / f"{name}_statmap.nii.gz"
+
+    def stats_table(self, method: str, analysis: str, kind: str = "clusters") -> Path:
+        """``OUT/stats/method-<m>_test-<a>_clusters.tsv`` (or ``_summary.json``)."""
+        ext = "tsv" if kind == "clusters" else "json"
+        return self.root / "stats" / f"method-{label(method)}_test-{label(analysis)}_{kind}.{ext}"
+
     # ------------------------------------------------------------------ evaluation
     @property
     def xai_table(self) -> Path:

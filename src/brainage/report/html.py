@@ -32,6 +32,7 @@ from brainage.report.section_run import (
     _provenance_section,
     _qc_section,
 )
+from brainage.report.section_stats import _stats_section
 from brainage.report.section_xai import (
     LESION_ALPHA,
     N_XAI_SUBJECTS,
@@ -150,6 +151,7 @@ def build_context(run: RunFolder, title: str | None = None) -> dict:
     context["methods"] = _safe("methods", run, _methods_section, run) or []
     for entry in context["methods"]:
         entry["sanity"] = sanity.get(entry["name"])
+    context["stats"] = _safe("statistics", run, _stats_section, run)
     context["qc"] = _safe("qc", run, _qc_section, run)
     context["failures"] = _safe("failures", run, _failures_section, run)
     context["provenance"] = _safe("provenance", run, _provenance_section, run)

@@ -177,12 +177,12 @@ def permutation_test(
     result.info = {
         "n_perm": int(n_perm),
         "kind": "sign_flip" if sign_flip else "permutation",
-        "method": "Freedman-Lane",
+        "inference": "Freedman-Lane",
         "two_sided": bool(two_sided),
         "statistic": "t" if glm.rank == 1 else "F",
         "rank": glm.rank,
         "dof": int(glm.dof),
-        "blocks": None if blocks is None else int(len(np.unique(blocks))),
+        "blocks": None if blocks is None or sign_flip else int(len(np.unique(blocks))),
         "seed": int(seed),
         "tfce": {"E": tfce_e, "H": tfce_h, "connectivity": connectivity} if tfce else None,
     }

@@ -39,6 +39,7 @@ TARGETS = {
     "population": ["population"],
     "regions": ["regions"],
     "evaluate": ["evaluate"],
+    "stats": ["stats"],
     "report": ["report"],
     "run": ["report"],
 }
@@ -314,7 +315,7 @@ def explain_run(
         explain["subjects"] = subjects
     if params:
         explain["params"] = params
-    targets = ["report"] if report else ["population", "regions", "evaluate"]
+    targets = ["report"] if report else ["population", "regions", "evaluate", "stats"]
     return run_stages(run_dir, targets, {"explain": explain} if explain else None, progress)
 
 

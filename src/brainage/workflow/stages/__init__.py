@@ -7,6 +7,7 @@ from brainage.workflow.stages.predict import PredictStage
 from brainage.workflow.stages.preprocess import PreprocessStage
 from brainage.workflow.stages.report import ReportStage
 from brainage.workflow.stages.splits import SplitsStage
+from brainage.workflow.stages.stats import StatsStage
 from brainage.workflow.stages.train import ReferenceStage, TrainStage
 from brainage.workflow.stages.volumes import VolumesStage
 
@@ -29,6 +30,7 @@ def ALL_STAGES() -> list:  # noqa: N802  (a constant-like factory)
         RegionsStage(),
         TruthStage(),
         EvaluateStage(),
+        StatsStage(),
         ReportStage(),
     ]
 
@@ -52,6 +54,7 @@ __all__ = [
     "RegionsStage",
     "ReportStage",
     "SplitsStage",
+    "StatsStage",
     "TrainStage",
     "TruthStage",
     "VolumesStage",

@@ -5,7 +5,9 @@ from __future__ import annotations
 from brainage.workflow.stage import ItemResult, RunContext, Stage
 
 #: Stages whose results the report shows.
-REPORTED = ("preprocess", "splits", "predict", "population", "regions", "evaluate", "train")
+REPORTED = (
+    "preprocess", "splits", "predict", "population", "regions", "evaluate", "stats", "train",
+)  # fmt: skip
 
 
 class ReportStage(Stage):
@@ -13,7 +15,7 @@ class ReportStage(Stage):
 
     name = "report"
     version = "1"
-    requires = ("predict", "population", "regions", "evaluate")
+    requires = ("predict", "population", "regions", "evaluate", "stats")
 
     def items(self, ctx: RunContext) -> list[str]:
         return ["report"]
