@@ -72,6 +72,7 @@ def permutation_test(
     connectivity: int = 26,
     seed: int = 0,
     batch_size: int = 64,
+    n_jobs: int = 1,
     progress=None,
 ) -> PermutationResult:
     """Permutation test of one contrast at every voxel, with TFCE and FWE control.
@@ -106,6 +107,8 @@ def permutation_test(
         Seed of the rearrangements (same seed → same p-values).
     batch_size : int
         Rearrangements fitted per matrix product (memory ≈ batch_size × V × 8 bytes × a few).
+    n_jobs : int
+        Threads of the TFCE transform (over the maps of a batch; the GIL is released).
     progress : callable, optional
         ``progress(done, total)`` after each batch.
 
@@ -142,7 +145,9 @@ def permutation_test(
     done = 0
     for block in gen.batches(batch_size):
         stats = glm.statistics(block, bool(sign_flip))  # (B, V)
-        enhanced = _enhance(stats, mask, two_sided, tfce_e, tfce_h, connectivity) if tfce else None
+        enhanced = (
+            _enhance(stats, mask, two_sided, tfce_e, tfce_h, connectivity, n_jobs) if tfce else None
+        )
         start = 0
         if observed is None:  # row 0 is the identity: the observed maps
             observed = stats[0].copy()
@@ -189,10 +194,10 @@ def permutation_test(
     return result
 
 
-def _enhance(stats, mask, two_sided, e, h, connectivity) -> np.ndarray:
+def _enhance(stats, mask, two_sided, e, h, connectivity, n_jobs=1) -> np.ndarray:
     """TFCE of every row of ``stats`` (B, V) on ``mask``; signed (pos − neg tail) if two-sided."""
     from brainage.stats.tfce import tfce_volumes
 
     vol = np.zeros((stats.shape[0], *mask.shape), np.float32)
     vol[:, mask] = stats if two_sided else np.maximum(stats, 0)
-    return tfce_volumes(vol, e, h, connectivity, two_sided=two_sided)[:, mask]
+    return tfce_volumes(vol, e, h, connectivity, two_sided=two_sided, n_jobs=n_jobs)[:, mask]

@@ -82,7 +82,11 @@ class TrainConfig(Section):
         training mean age. Made absolute when the configuration is read. Cached training
         results are keyed by the SHA-256 of the file's bytes.
     augment : list of str
-        Names for :func:`brainage.data.build_augmentation` (``[]`` = none).
+        Names for :func:`brainage.data.build_augmentation` (``[]`` = none). Default flip, affine
+        and elastic, chosen on the validation subjects of the IXI folds
+        (``bench/bench_architectures.py``: pooled validation MAE 6.26 years with elastic
+        deformation against 6.74 without, 6.44 against 7.25 over the last 10 epochs; better in 4
+        of 5 folds; about 1.4× the training time).
     device : str
         ``"auto"`` (CUDA, MPS, else CPU) or a torch device string.
     amp : bool
@@ -109,7 +113,7 @@ class TrainConfig(Section):
     standardize_targets: bool = True
     init_from: str | None = None
     augment: list[Literal["flip", "affine", "elastic"]] = Field(
-        default_factory=lambda: ["flip", "affine"]
+        default_factory=lambda: ["flip", "affine", "elastic"]
     )
     device: str = "auto"
     amp: bool = True

@@ -46,6 +46,8 @@ class StatsStage(Stage):
         return ctx.config.seed
 
     def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
+        import os
+
         import pandas as pd
 
         from brainage.atlas import load_atlas
@@ -89,7 +91,7 @@ class StatsStage(Stage):
                 a.data, a.design, a.contrast, cfg.n_perm, two_sided=a.two_sided, blocks=a.blocks,
                 mask=mask, tfce=True,
                 tfce_e=cfg.tfce_e, tfce_h=cfg.tfce_h, connectivity=cfg.connectivity,
-                seed=ctx.config.seed, progress=tick,
+                seed=ctx.config.seed, n_jobs=max(1, os.cpu_count() or 1), progress=tick,
             )  # fmt: skip
         finally:
             bar.close()
