@@ -271,3 +271,16 @@ def _check_young_old_t_map(out, cfg, pred):
     np.testing.assert_allclose(t_map[mask][voxels], ref, rtol=1e-4, atol=1e-4)
     p_fwe = np.asarray(nib.load(str(layout.stats_map("lrp", "young_old", "pfwe"))).dataobj)
     assert p_fwe[mask].min() >= 1 / 100 - 1e-9 and p_fwe[~mask].min() == 1
+
+
+def test_multilevel_head_keeps_the_whole_brain_unless_clearly_better():
+    """One-standard-error rule: near-copies of the whole brain do not replace it."""
+    rng = np.random.default_rng(3)
+    n = 30
+    age = rng.uniform(20, 80, n)
+    brain = age + rng.normal(0, 6, n)
+    cols = [brain + rng.normal(0, 0.3, n) for _ in range(2)]
+    cols += [brain + rng.normal(0, 0.3, n) for _ in range(2)]  # a "region" that adds nothing
+    head, info, _ = fit_multilevel_head(np.column_stack(cols), age, ["brain"] * 2 + ["cortex"] * 2)
+    assert info["kind"] == "brain"
+    np.testing.assert_allclose(head.top.coef_, [1.0, 0.0])

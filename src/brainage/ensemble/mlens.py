@@ -10,7 +10,11 @@ cross-validation; inside cross-fitting brainage keeps every fit on the fold's va
 out-of-sample sub-ensemble predictions of the validation subjects (5-fold cross-validated
 predictions of each ridge sub-head; a mean head is not fitted and is out-of-sample already). The
 top head is guarded like the sub-heads: it is kept only when its 5-fold cross-validated MAE beats
-both the plain mean of the sub-ensembles and the whole-brain sub-ensemble alone.
+both the plain mean of the sub-ensembles and the whole-brain sub-ensemble alone — and beats the
+whole brain by more than one standard error of the paired difference in absolute error over the
+validation subjects (the one-standard-error rule), since with tens of validation subjects a
+marginal win is noise (on IXI a 0.05-year validation win of the mean in one fold raised the
+out-of-fold MAE of the run from 6.62 to 6.87 years).
 """
 
 from __future__ import annotations
@@ -151,5 +155,15 @@ def fit_multilevel_head(
     val_pred = top.predict(s)
     if top_info["kind"] == "ridge":
         val_pred = top.cross_val_predict(s, ages, seed=seed)
+    if top_info["kind"] != BRAIN:  # one-standard-error rule: the simpler model unless clearly worse
+        d = np.abs(val_pred - ages) - np.abs(s[:, 0] - ages)
+        se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else np.inf
+        top_info["paired_se"] = se
+        if float(np.mean(d)) > -se:
+            top_info["kind_before_se_rule"] = top_info["kind"]
+            top_info["kind"] = BRAIN
+            top = RidgeHead.equal_weights(len(names))
+            top.coef_ = is_brain.astype(float)
+            val_pred = s[:, 0].copy()
     info = {**top_info, "sub_ensembles": sub_info}
     return MultiLevelHead(names, members, heads, top), info, val_pred

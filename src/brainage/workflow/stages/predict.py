@@ -163,7 +163,7 @@ class PredictStage(Stage):
     """See the module docstring."""
 
     name = "predict"
-    version = "2"
+    version = "3"
     requires = ("splits", "volumes", "train")
 
     def items(self, ctx: RunContext) -> list[str]:
