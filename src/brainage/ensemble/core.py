@@ -93,6 +93,14 @@ class RidgeHead:
         head.intercept_ = 0.0
         return head
 
+    @classmethod
+    def mean_of(cls, columns) -> RidgeHead:
+        """Return a head that averages the base models marked in ``columns`` (bool, (n_models,))."""
+        cols = np.asarray(columns, bool)
+        head = cls.equal_weights(cols.size)
+        head.coef_ = np.where(cols, 1.0 / cols.sum(), 0.0)
+        return head
+
     def to_dict(self) -> dict:
         """Parameters and fitted values as plain JSON types."""
         return {
@@ -163,8 +171,7 @@ def fit_ensemble_head(
     mean = RidgeHead.equal_weights(n)
     heads["mean"] = (mean, float(np.mean(np.abs(mean.predict(p) - ages))))
     if 0 < networks.sum() < n:
-        only = RidgeHead.equal_weights(n)
-        only.coef_ = np.where(networks, 1.0 / networks.sum(), 0.0)
+        only = RidgeHead.mean_of(networks)
         heads[subset_name] = (only, float(np.mean(np.abs(only.predict(p) - ages))))
     eligible = [k for k in heads if k != "ridge" or n > 1]
     kind = min(eligible, key=lambda k: (heads[k][1], k != "mean"))  # ties: the plain mean

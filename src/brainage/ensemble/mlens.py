@@ -162,8 +162,7 @@ def fit_multilevel_head(
         if float(np.mean(d)) > -se:
             top_info["kind_before_se_rule"] = top_info["kind"]
             top_info["kind"] = BRAIN
-            top = RidgeHead.equal_weights(len(names))
-            top.coef_ = is_brain.astype(float)
+            top = RidgeHead.mean_of(is_brain)
             val_pred = s[:, 0].copy()
     info = {**top_info, "sub_ensembles": sub_info}
     return MultiLevelHead(names, members, heads, top), info, val_pred

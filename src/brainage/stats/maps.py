@@ -87,6 +87,11 @@ def analysis_design(
         relevance; a one-sample test on |R| itself is degenerate, since |R| ≥ 0); otherwise the
         signed maps divided by each subject's mean |R|. The one-sample test is one-sided
         (where relevance is above average), the others two-sided.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``analysis``.
     """
     ages = np.asarray(ages, float)
     gaps = np.asarray(gaps, float)

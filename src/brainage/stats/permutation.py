@@ -50,10 +50,48 @@ class PermutationResult:
     info: dict = field(default_factory=dict)
 
 
-def _fwe(observed: np.ndarray, null_max: np.ndarray) -> np.ndarray:
-    """``(1 + #{max* ≥ observed}) / (1 + n_perm)`` per voxel."""
-    ranks = np.searchsorted(np.sort(null_max), observed, side="left")
-    return (1.0 + (null_max.size - ranks)) / (1.0 + null_max.size)
+class _NullTally:
+    """What the p-values of one statistic need, in O(V + n_perm) memory.
+
+    The first row ever added is the observed map; every later row is a rearrangement, scored as
+    |value| for a two-sided test. Kept: per-voxel exceedance counts and each rearrangement's
+    maximum over voxels (the FWE null), never the full null distribution.
+    """
+
+    def __init__(self, n_voxels: int, two_sided: bool) -> None:
+        self.two_sided = two_sided
+        self.count = np.zeros(n_voxels, np.int64)
+        self.maxima: list[float] = []
+        self.observed: np.ndarray | None = None
+        self._ref: np.ndarray | None = None
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        return np.abs(x) if self.two_sided else x
+
+    def add(self, rows: np.ndarray) -> None:
+        """Add a block of maps, shape (B, V)."""
+        if self.observed is None:
+            self.observed = rows[0].copy()
+            self._ref = self._score(self.observed)
+            rows = rows[1:]
+        score = self._score(rows)
+        self.count += np.sum(score >= self._ref - 1e-12 * np.abs(self._ref), axis=0)
+        self.maxima.extend(score.max(axis=1).tolist())
+
+    @property
+    def null_max(self) -> np.ndarray:
+        """Maximum over voxels of each rearrangement, shape (n_perm,)."""
+        return np.asarray(self.maxima)
+
+    def p_uncorrected(self) -> np.ndarray:
+        """``(1 + #{null ≥ observed}) / (1 + n_perm)`` per voxel."""
+        return (1.0 + self.count) / (1.0 + len(self.maxima))
+
+    def p_fwe(self) -> np.ndarray:
+        """``(1 + #{max* ≥ observed}) / (1 + n_perm)`` per voxel."""
+        null = np.sort(self.null_max)
+        ranks = np.searchsorted(null, self._ref, side="left")
+        return (1.0 + (null.size - ranks)) / (1.0 + null.size)
 
 
 def permutation_test(
@@ -138,47 +176,28 @@ def permutation_test(
                 f"{'none' if mask is None else int(np.sum(mask))}"
             )
     gen = Rearrangements(n, n_perm, bool(sign_flip), blocks, seed)
-    observed = observed_tfce = None
-    count = np.zeros(v, np.int64)
-    count_tfce = np.zeros(v, np.int64) if tfce else None
-    null_max, null_max_tfce = [], []
+    tally = _NullTally(v, two_sided)
+    tally_tfce = _NullTally(v, two_sided) if tfce else None
     done = 0
     for block in gen.batches(batch_size):
-        stats = glm.statistics(block, bool(sign_flip))  # (B, V)
-        enhanced = (
-            _enhance(stats, mask, two_sided, tfce_e, tfce_h, connectivity, n_jobs) if tfce else None
-        )
-        start = 0
-        if observed is None:  # row 0 is the identity: the observed maps
-            observed = stats[0].copy()
-            observed_tfce = enhanced[0].copy() if tfce else None
-            start = 1
-        score = np.abs(stats[start:]) if two_sided else stats[start:]
-        ref = np.abs(observed) if two_sided else observed
-        count += np.sum(score >= ref[None] - 1e-12 * np.abs(ref[None]), axis=0)
-        null_max.extend(score.max(axis=1).tolist())
+        stats = glm.statistics(block, bool(sign_flip))  # (B, V); row 0 of the first: observed
+        tally.add(stats)
         if tfce:
-            tscore = np.abs(enhanced[start:]) if two_sided else enhanced[start:]
-            tref = np.abs(observed_tfce) if two_sided else observed_tfce
-            count_tfce += np.sum(tscore >= tref[None] - 1e-12 * np.abs(tref[None]), axis=0)
-            null_max_tfce.extend(tscore.max(axis=1).tolist())
+            tally_tfce.add(_enhance(stats, mask, two_sided, tfce_e, tfce_h, connectivity, n_jobs))
         done += block.shape[0]
         if progress is not None:
             progress(done, n_perm + 1)
-    null_max = np.asarray(null_max)
-    ref = np.abs(observed) if two_sided else observed
     result = PermutationResult(
-        stat=observed,
-        p_uncorrected=(1.0 + count) / (1.0 + n_perm),
-        p_fwe=_fwe(ref, null_max),
-        null_max=null_max,
+        stat=tally.observed,
+        p_uncorrected=tally.p_uncorrected(),
+        p_fwe=tally.p_fwe(),
+        null_max=tally.null_max,
     )
     if tfce:
-        result.tfce = observed_tfce
-        result.null_max_tfce = np.asarray(null_max_tfce)
-        result.p_tfce_uncorrected = (1.0 + count_tfce) / (1.0 + n_perm)
-        tref = np.abs(observed_tfce) if two_sided else observed_tfce
-        result.p_tfce_fwe = _fwe(tref, result.null_max_tfce)
+        result.tfce = tally_tfce.observed
+        result.null_max_tfce = tally_tfce.null_max
+        result.p_tfce_uncorrected = tally_tfce.p_uncorrected()
+        result.p_tfce_fwe = tally_tfce.p_fwe()
     result.info = {
         "n_perm": int(n_perm),
         "kind": "sign_flip" if sign_flip else "permutation",

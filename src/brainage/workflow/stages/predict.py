@@ -275,13 +275,15 @@ class PredictStage(Stage):
             raise RuntimeError(f"folds have different base models: {[f['names'] for f in fits]}")
         own = np.array([(ctx.fold_of(p) or 0) if ctx.mode == "run" else 0 for p in pids])
 
+        def values_of(i: int, field: str) -> list:
+            """Subject i's ``field`` from its own fold, or from every fold for one in none."""
+            return [
+                f[field][f["pos"][i]] for f in fits if own[i] in (0, f["fold"]) and i in f["pos"]
+            ]
+
         def combine(field: str) -> np.ndarray:
             """Per subject: its own fold's value, else the mean over the folds."""
-            vals = []
-            for i in range(len(pids)):
-                fs = [f for f in fits if own[i] in (0, f["fold"]) and i in f["pos"]]
-                vals.append(np.mean([f[field][f["pos"][i]] for f in fs], axis=0))
-            return np.array(vals)
+            return np.array([np.mean(values_of(i, field), axis=0) for i in range(len(pids))])
 
         brain_age, corrected, use = combine("ens"), combine("corrected"), combine("use")
         base = combine("base")
@@ -289,15 +291,10 @@ class PredictStage(Stage):
 
         def gather(field: str, cols=None) -> list[np.ndarray]:
             """Per subject: its fold's values (all folds' for subjects in none), concatenated."""
-            out = []
-            for i in range(len(pids)):
-                vals = [
-                    f[field][f["pos"][i]]
-                    for f in fits
-                    if own[i] in (0, f["fold"]) and i in f["pos"]
-                ]
-                out.append(np.concatenate([v if cols is None else v[cols] for v in vals]))
-            return out
+            return [
+                np.concatenate([v if cols is None else v[cols] for v in values_of(i, field)])
+                for i in range(len(pids))
+            ]
 
         def t_width(values: list[np.ndarray]) -> np.ndarray:
             return np.array([ensemble_uncertainty(b[None])[0] for b in values])

@@ -40,6 +40,7 @@ class StatsStage(Stage):
         return [*deps, ("predict", "ensemble")]
 
     def params(self, ctx: RunContext, item: str) -> dict:
+        # the item names its method: adding a method to stats.methods reruns no other item
         return ctx.config.stats.to_dict() | {"methods": None}
 
     def seed(self, ctx: RunContext, item: str) -> int | None:
