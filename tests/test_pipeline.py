@@ -241,7 +241,11 @@ def test_changing_one_scan_reruns_only_what_depends_on_it(tiny_run, tmp_path):
         "regions": n_methods,
         "truth": 0,
         "evaluate": n_methods,
-        "stats": len(cfg.stats.analyses) * len(cfg.stats_methods),  # the maps changed
+        # the maps changed; and the brain-age gaps the covariate tables read
+        "stats": len(cfg.stats.analyses) * len(cfg.stats_methods) + 1,
+        "native_regions": 0,  # the phantoms have no native label maps
+        "subgroups": n_methods,
+        "stability": n_methods + 1,  # per method, and across methods
         "report": 1,
     }
     assert res.computed == expected
@@ -283,7 +287,86 @@ def test_changing_one_parameter_reruns_only_downstream(tiny_run, tmp_path):
     res = run(read_bids(bids), out, cfg2, progress=False)
     n = len(cfg.explain.methods)
     changed = {k: v for k, v in res.computed.items() if v}
-    assert changed == {"population": n, "regions": n, "report": 1}
+    # the region tables of subgroups and of rank stability count top-fraction voxels too
+    assert changed == {
+        "population": n, "regions": n, "subgroups": n, "stability": n + 1, "report": 1,
+    }  # fmt: skip
+
+
+def test_subgroups_rank_stability_and_statistics_outputs(tiny_run):
+    root, _, cfg, _ = tiny_run
+    out = root / "out"
+    layout = result_layout(out, cfg)
+    pred = pd.read_csv(out / "predictions.tsv", sep="\t").set_index("participant_id")
+    for method in cfg.explain.methods:
+        summary = json.loads(layout.region_summary(method, "subgroups").read_text())
+        assert set(summary["factors"]) == {"sex", "age_group", "gap_group"}
+        groups = {g["level"]: g for g in summary["factors"]["age_group"]["groups"]}
+        # the age groups partition the explained subjects with age
+        assert sum(g["n"] for g in groups.values()) == summary["n_subjects"]
+        assert groups["< 60"]["mean_age"] < groups["60–70"]["mean_age"] < groups["≥ 70"]["mean_age"]
+        gap = {g["level"]: g for g in summary["factors"]["gap_group"]["groups"]}
+        assert gap["accelerated"]["mean_gap"] > 0 > gap["decelerated"]["mean_gap"]
+        assert gap["accelerated"]["n"] == int(0.2 * pred["brain_age_gap"].notna().sum())
+        # a subgroup map is the mean of its members' normalised maps (here: all of sex F)
+        f_map = nib.load(str(layout.subgroup_map(method, "sexF")))
+        assert f_map.shape == (40, 48, 40)
+        regions = pd.read_csv(layout.subgroup_regions(method, "sexF", "aal"), sep="\t")
+        assert list(regions["rank"]) == list(range(1, len(regions) + 1))
+        # rank stability: across the 2 seeds (1 pair) and the 3 folds (3 pairs)
+        stab = pd.read_csv(layout.region_summary(method, "stability"), sep="\t")
+        assert (stab["factor"] == "model").sum() == 1 and (stab["factor"] == "fold").sum() == 3
+        assert stab["spearman"].between(-1, 1).all() and stab["kendall"].between(-1, 1).all()
+    across = pd.read_csv(layout.region_summary("all", "stability"), sep="\t")
+    n = len(cfg.explain.methods)
+    assert len(across) == n * (n - 1) // 2 and set(across["factor"]) == {"method"}
+    # the brain-age gap against the cohort's covariates (sex), in 10-year windows
+    windows = pd.read_csv(out / "stats" / "gap_windows.tsv", sep="\t")
+    assert set(windows["covariate"]) == {"sex"}
+    assert np.allclose(windows["window_end"] - windows["window_start"], 10)
+    html = (out / "report.html").read_text()
+    assert 'id="subgroups"' in html and 'id="rank-stability"' in html
+    assert 'id="gap-covariates"' in html
+    summaries = [json.loads(p.read_text()) for p in (out / "stats").glob("method-*_summary.json")]
+    significant = sum(s.get("n_significant", 0) > 0 for s in summaries)
+    assert html.count('alt="glass brain of significant t values') == significant
+
+
+def test_native_label_maps_give_a_region_table_keyed_by_their_content(tiny_run, tmp_path):
+    """A derivatives dataset of native dseg maps adds a region table; editing one map reruns it."""
+    bids, out, cfg = _copy(tiny_run, tmp_path)
+    layout = result_layout(out, cfg)
+    seg = bids / "derivatives" / "seg"
+    pids = pd.read_csv(out / "splits.tsv", sep="\t")["participant_id"]
+    for pid in pids:
+        t1w = nib.load(str(next((bids / pid / "anat").glob("*_T1w.nii.gz"))))
+        brain = np.asarray(t1w.dataobj) > 0
+        labels = np.zeros(brain.shape, np.int16)
+        labels[brain] = 2
+        labels[: brain.shape[0] // 2][brain[: brain.shape[0] // 2]] = 1  # one half: label 1
+        (seg / pid / "anat").mkdir(parents=True)
+        nib.save(nib.Nifti1Image(labels, t1w.affine), seg / pid / "anat" / f"{pid}_dseg.nii.gz")
+    (seg / "dseg.tsv").write_text("index\tname\n1\tHalfA\n2\tHalfB\n")
+    res = run(read_bids(bids), out, cfg, progress=False)
+    n = len(cfg.explain.methods)
+    changed = {k: v for k, v in res.computed.items() if v}
+    assert changed == {"native_regions": n, "report": 1}
+    table = pd.read_csv(layout.regions("lrp", "segnative"), sep="\t")
+    assert set(table["region"]) == {"HalfA", "HalfB"}
+    assert (table["n_subjects"] == int((pd.read_csv(out / "predictions.tsv", sep="\t")["fold"]
+                                         > 0).sum())).all()  # fmt: skip
+    # each subject's regions: the mean of its |relevance| over its own mean is 1 overall
+    subjects = pd.read_csv(layout.region_summary("lrp", "atlas-segnative_subjects"), sep="\t")
+    for _, t in subjects.groupby("participant_id"):
+        w = t["n_voxels"] / t["n_voxels"].sum()
+        assert (w * t["mean_relevance"]).sum() == pytest.approx(1, rel=1e-4)
+    assert "segnative" in (out / "report.html").read_text()
+    # editing one label map reruns the native tables, nothing else
+    path = seg / pids.iloc[3] / "anat" / f"{pids.iloc[3]}_dseg.nii.gz"
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1].copy(), img.affine), path)
+    again = run(read_bids(bids), out, cfg, progress=False)
+    assert {k: v for k, v in again.computed.items() if v} == {"native_regions": n, "report": 1}
 
 
 def test_same_seed_gives_byte_identical_predictions(tmp_path):

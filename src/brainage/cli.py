@@ -215,8 +215,8 @@ def _run_command(stage: str, doc: str):
 
 
 for _name, _doc in (
-    ("population", "Population maps of a run's relevance maps."),
-    ("regions", "Atlas region tables of a run's population maps."),
+    ("population", "Population and subgroup maps of a run's relevance maps."),
+    ("regions", "Region tables (atlases, native label maps) and the stability of their ranks."),
     ("evaluate", "Scores of a run's explanation methods (sanity checks, ground truth)."),
     ("stats", "Voxelwise permutation tests with TFCE on a run's relevance maps."),
     ("report", "(Re)write report.html of a run (and whatever it needs that is stale)."),

@@ -24,6 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from brainage.errors import ConfigError, did_you_mean
 from brainage.preprocess.config import PreprocessConfig
 from brainage.schema import Section
+from brainage.stats.config import StatsConfig
 from brainage.train.trainer import TrainConfig
 
 Fraction = Annotated[float, Field(ge=0.0, le=0.5)]
@@ -250,6 +251,21 @@ class PopulationConfig(Section):
         Gaussian smoothing of the mean map, voxels.
     atlases : list of str
         Registered atlases (``aal``, ``harvard_oxford``, …).
+    subgroups : list of str
+        Subgroup population maps (paper 004), each with a region table in the first atlas:
+        ``age_group`` (bins at ``age_groups``), ``gap_group`` (accelerated vs. decelerated:
+        the ``gap_group_fraction`` of subjects with the largest / smallest brain-age gap) and
+        any categorical cohort column (e.g. ``sex``; a column the cohort lacks is skipped).
+    age_groups : list of float
+        Edges of the age groups, years (paper 004: < 60, 60–70, ≥ 70).
+    gap_group_fraction : float
+        In (0, 0.5].
+    subgroup_min_subjects : int
+        Smaller subgroups get no map.
+    label_maps : str or None
+        Per-subject native label maps for one more region table: ``"auto"`` (the BIDS
+        dataset's derivatives dataset of native ``dseg`` maps, e.g. DLMUSE, when there is one),
+        the name of such a derivatives folder, or None (off).
     """
 
     section_path: ClassVar[str] = "population"
@@ -257,6 +273,18 @@ class PopulationConfig(Section):
     top_fraction: Annotated[float, Field(gt=0, le=1)] = 0.10
     sigma_vox: Annotated[float, Field(ge=0)] = 1.0
     atlases: list[str] = Field(default_factory=lambda: ["aal", "harvard_oxford"])
+    subgroups: list[str] = Field(default_factory=lambda: ["sex", "age_group", "gap_group"])
+    age_groups: list[float] = Field(default_factory=lambda: [60.0, 70.0])
+    gap_group_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.2
+    subgroup_min_subjects: Annotated[int, Field(ge=1)] = 3
+    label_maps: str | None = "auto"
+
+    @field_validator("age_groups")
+    @classmethod
+    def _age_groups(cls, v):
+        if list(v) != sorted(set(v)):
+            raise ValueError("must be increasing edges in years, e.g. [60, 70]")
+        return v
 
     @field_validator("normalise")
     @classmethod
@@ -324,60 +352,6 @@ class RunConfig(Section):
     backend: Literal["processes", "serial", "dask"] = "processes"
     dask_address: str | None = None
     strict: bool = False
-
-
-class StatsConfig(Section):
-    """Voxelwise permutation tests on relevance maps (paper 001; METHODS §10).
-
-    Parameters
-    ----------
-    analyses : list of {"one_sample", "young_old", "gap"}
-        ``one_sample``: is |relevance| above each subject's whole-brain mean (sign flips on
-        |R| / mean|R| − 1)? ``young_old``: signed maps of subjects ≤ ``young_max`` vs. ≥
-        ``old_min`` years. ``gap``: the brain-age gap as regressor with age and age² as
-        covariates in subjects ≥ ``gap_min_age``. An analysis the cohort cannot support (too few
-        subjects in a group) is skipped with a note in its record.
-    methods : list of str, optional
-        Relevance methods tested (default: the first of ``explain.methods``).
-    n_perm : int
-        Random permutations / sign flips (paper 001 and FSL: 5,000).
-    tfce_e, tfce_h : float
-        TFCE exponents (FSL volumes: E 0.5, H 2).
-    connectivity : {6, 18, 26}
-        TFCE and cluster neighbourhood (FSL: 26).
-    alpha : float
-        FWE level of the cluster tables and the figures.
-    blocks : {"fold", "none"}
-        Exchangeability blocks: with cross-fitting, permute within outer folds (each fold's maps
-        come from its own models).
-    young_max, old_min, gap_min_age : float
-        Years.
-    atlas : str
-        Atlas that labels the cluster peaks.
-    """
-
-    section_path: ClassVar[str] = "stats"
-    analyses: list[Literal["one_sample", "young_old", "gap"]] = Field(
-        default_factory=lambda: ["one_sample", "young_old", "gap"]
-    )
-    methods: list[str] | None = None
-    n_perm: Annotated[int, Field(ge=1)] = 1000
-    tfce_e: Annotated[float, Field(gt=0)] = 0.5
-    tfce_h: Annotated[float, Field(gt=0)] = 2.0
-    connectivity: Literal[6, 18, 26] = 26
-    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
-    blocks: Literal["fold", "none"] = "fold"
-    young_max: float = 40.0
-    old_min: float = 60.0
-    gap_min_age: float = 50.0
-    atlas: str = "harvard_oxford"
-
-    @field_validator("atlas")
-    @classmethod
-    def _atlas(cls, v):
-        from brainage.atlas import get_atlas_spec
-
-        return get_atlas_spec(v).name
 
 
 class Config(Section):

@@ -16,9 +16,12 @@ def build_augmentation(names: Sequence[str], p: float = 0.8):
     ----------
     names : sequence of {"flip", "affine", "elastic"}
         ``flip``: random left–right flip (axis 0 = x in RAS template space); ``affine``: random
-        rotation −10°…10° with ±5 % scaling and ±4 mm translation; ``elastic``: random elastic
-        deformation with 7 control points and at most 7.5 mm displacement (paper 000). Empty:
-        no augmentation.
+        rotation −10°…10° with ±5 % scaling and ±4 voxels translation; ``elastic``: random
+        elastic deformation with 7 control points and at most 7.5 voxels displacement (paper
+        000's values, given there in mm at 1 mm voxels). The tensors carry no affine, so TorchIO
+        reads these distances in voxels of the model grid: at 4 mm, ±16 mm and up to 30 mm (the
+        defaults were chosen by validation MAE at 4 mm with exactly these settings; TorchIO
+        warns that such an elastic displacement may fold the grid). Empty: no augmentation.
     p : float
         Probability that a sample is augmented at all.
 

@@ -17,6 +17,11 @@ Layout of ``OUT`` (a BIDS-derivatives-like folder)::
     explain/method-<m>/[seed-<n>/]sub-<id>_space-<tpl>_res-<r>_desc-<m>_relevance.nii.gz
     population/method-<m>_space-<tpl>_res-<r>_{stat-mean,desc-top10}_relevance.nii.gz
     regions/method-<m>_atlas-<a>_regions.tsv
+    population/method-<m>_group-<g>_…_stat-mean_relevance.nii.gz   subgroup maps (paper 004)
+    regions/method-<m>_group-<g>_atlas-<a>_regions.tsv, method-<m>_subgroups.json
+    regions/method-<m>_{stability,ranks}.tsv, regions/method-all_{stability,ranks}.tsv
+    stats/method-<m>_test-<t>_<space>_stat-<s>_statmap.nii.gz, …_clusters.tsv, …_summary.json
+    stats/gap_windows.tsv, gap_models.tsv, gap_summary.json   brain-age gap vs. covariates
     evaluation/xai.tsv, lesions.tsv, method-<m>_xai.tsv, randomisation/method-<m>.tsv,
     evaluation/truth/sub-<id>_desc-<effect>_mask.nii.gz
     records/<stage>/<item>.json               one record per computed item (the completion marker)
@@ -240,6 +245,21 @@ class RunLayout:
         name = f"method-{label(method)}_{self.space}_{entity}_relevance.nii.gz"
         return self.root / "population" / name
 
+    def subgroup_map(self, method: str, group: str) -> Path:
+        """Subgroup mean map: ``OUT/population/method-<m>_group-<g>_<space>_stat-mean_…``."""
+        name = f"method-{label(method)}_group-{label(group)}_{self.space}_stat-mean_relevance"
+        return self.root / "population" / f"{name}.nii.gz"
+
+    def subgroup_regions(self, method: str, group: str, atlas: str) -> Path:
+        """``OUT/regions/method-<m>_group-<g>_atlas-<a>_regions.tsv``."""
+        name = f"method-{label(method)}_group-{label(group)}_atlas-{label(atlas)}_regions.tsv"
+        return self.root / "regions" / name
+
+    def region_summary(self, method: str, kind: str) -> Path:
+        """``OUT/regions/method-<m>_<kind>.{tsv,json}``: ``subgroups`` (json), ``stability``."""
+        ext = "json" if kind == "subgroups" else "tsv"
+        return self.root / "regions" / f"method-{label(method)}_{kind}.{ext}"
+
     def regions(self, method: str, atlas: str) -> Path:
         """Region table: ``OUT/regions/method-<m>_atlas-<a>_regions.tsv``."""
         return self.root / "regions" / f"method-{label(method)}_atlas-{label(atlas)}_regions.tsv"
@@ -254,9 +274,14 @@ class RunLayout:
         return self.root / "stats" / f"{name}_statmap.nii.gz"
 
     def stats_table(self, method: str, analysis: str, kind: str = "clusters") -> Path:
-        """``OUT/stats/method-<m>_test-<a>_clusters.tsv`` (or ``_summary.json``)."""
-        ext = "tsv" if kind == "clusters" else "json"
+        """``OUT/stats/method-<m>_test-<a>_<kind>``: clusters / peaks (TSV), summary (JSON)."""
+        ext = "json" if kind == "summary" else "tsv"
         return self.root / "stats" / f"method-{label(method)}_test-{label(analysis)}_{kind}.{ext}"
+
+    def stats_gap(self, kind: str) -> Path:
+        """Brain-age gap vs. covariates: ``OUT/stats/gap_<kind>.tsv`` (``summary``: ``.json``)."""
+        ext = "json" if kind == "summary" else "tsv"
+        return self.root / "stats" / f"gap_{kind}.{ext}"
 
     # ------------------------------------------------------------------ evaluation
     @property

@@ -32,7 +32,8 @@ from brainage.report.section_run import (
     _provenance_section,
     _qc_section,
 )
-from brainage.report.section_stats import _stats_section
+from brainage.report.section_stats import _gap_section, _stats_section
+from brainage.report.section_subgroups import _stability_section, _subgroups_section
 from brainage.report.section_xai import (
     LESION_ALPHA,
     N_XAI_SUBJECTS,
@@ -151,7 +152,10 @@ def build_context(run: RunFolder, title: str | None = None) -> dict:
     context["methods"] = _safe("methods", run, _methods_section, run) or []
     for entry in context["methods"]:
         entry["sanity"] = sanity.get(entry["name"])
+    context["subgroups"] = _safe("subgroup maps", run, _subgroups_section, run)
+    context["stability"] = _safe("rank stability", run, _stability_section, run)
     context["stats"] = _safe("statistics", run, _stats_section, run)
+    context["gap_stats"] = _safe("brain-age gap vs. covariates", run, _gap_section, run)
     context["qc"] = _safe("qc", run, _qc_section, run)
     context["failures"] = _safe("failures", run, _failures_section, run)
     context["provenance"] = _safe("provenance", run, _provenance_section, run)

@@ -225,8 +225,8 @@ def read_run_folder(out_dir) -> RunFolder:
     for path in sorted((root / "population").glob("method-*_relevance.nii*")):
         e = parse_entities(path)  # the run layout's parser, not a pattern of our own
         kind = "mean" if e.get("stat") == "mean" else "top10" if e.get("desc") == "top10" else None
-        if kind is None or "method" not in e or e.get("suffix") != "relevance":
-            continue
+        if kind is None or "method" not in e or e.get("suffix") != "relevance" or "group" in e:
+            continue  # subgroup maps (``group-``) are read by the subgroup section
         entry = run.population.setdefault(_method(e["method"]), {})
         entry[kind] = path
         entry.setdefault("res", e.get("res", ""))
@@ -234,7 +234,7 @@ def read_run_folder(out_dir) -> RunFolder:
 
     for path in sorted((root / "regions").glob("method-*_atlas-*_regions.tsv")):
         e = parse_entities(path)
-        if "method" not in e or "atlas" not in e or e.get("suffix") != "regions":
+        if "method" not in e or "atlas" not in e or e.get("suffix") != "regions" or "group" in e:
             continue
         table = _optional(
             run, path, lambda p: _require(read_tsv(p), ["region", "mean_relevance"], p)

@@ -86,6 +86,9 @@ def _methods_section(run: RunFolder) -> list[dict]:
             top = table.sort_values("mean_relevance", ascending=False, kind="stable")
             top = top.head(N_TOP_REGIONS)
             info = ATLAS_INFO.get(atlas, {})
+            if atlas.endswith("native") and not info:
+                info = {"title": f"{atlas.removesuffix('native')} — each subject's own native "
+                        "label map (relevance warped with its inverse transform)"}  # fmt: skip
             bar = _safe(f"{method} {atlas} regions", run, _region_bar, table, method, atlas)
             entry["atlases"].append(
                 {

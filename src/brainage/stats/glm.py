@@ -227,6 +227,7 @@ class BatchedGLM:
             self.resid = y
         self.q = np.linalg.qr(m)[0]  # (n, p)
         self.pinv_interest = np.linalg.pinv(m)[: self.part.rank]  # (s, n)
+        self.pinv_q = self.pinv_interest @ self.q  # (s, p)
         self.mm_inv = np.linalg.inv(m.T @ m)[: self.part.rank, : self.part.rank]
         self.ss_total = np.einsum("nv,nv->v", self.resid, self.resid)
         self.dof = n - p
@@ -252,16 +253,14 @@ class BatchedGLM:
         r = np.asarray(rearrangement)
         s, p = self.rank, self.q.shape[1]
         if sign_flip:  # (P R) = diag(signs) R: fold the signs into the row operators
-            a = self.pinv_interest[None] * r[:, None, :]  # (B, s, n)
             qp = self.q.T[None] * r[:, None, :]  # (B, p, n)
         else:  # (P R)_i = R_{perm(i)}: column perm(i) of the operator takes row i → scatter
             inv = np.argsort(r, axis=1)
-            a = np.take_along_axis(self.pinv_interest[None], inv[:, None, :], axis=2)
             qp = np.take_along_axis(self.q.T[None], inv[:, None, :], axis=2)
         b = r.shape[0]
-        ops = np.concatenate([a, qp], axis=1).reshape(b * (s + p), -1)
-        prod = (ops @ self.resid).reshape(b, s + p, -1)  # the one matrix product
-        cope, proj = prod[:, :s], prod[:, s:]
+        proj = (qp.reshape(b * p, -1) @ self.resid).reshape(b, p, -1)  # the one matrix product
+        # pinv(M) = pinv(M) Q Qᵀ (Q spans M): the contrast estimate comes from the projection
+        cope = self.pinv_q @ proj  # (B, s, V)
         sse = np.maximum(self.ss_total[None] - np.einsum("bpv,bpv->bv", proj, proj), 1e-300)
         sigma2 = sse / self.dof
         if s == 1:

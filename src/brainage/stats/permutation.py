@@ -215,8 +215,8 @@ def permutation_test(
 
 def _enhance(stats, mask, two_sided, e, h, connectivity, n_jobs=1) -> np.ndarray:
     """TFCE of every row of ``stats`` (B, V) on ``mask``; signed (pos − neg tail) if two-sided."""
-    from brainage.stats.tfce import tfce_volumes
+    from brainage.stats.tfce import tfce_masked
 
-    vol = np.zeros((stats.shape[0], *mask.shape), np.float32)
-    vol[:, mask] = stats if two_sided else np.maximum(stats, 0)
-    return tfce_volumes(vol, e, h, connectivity, two_sided=two_sided, n_jobs=n_jobs)[:, mask]
+    values = stats if two_sided else np.maximum(stats, 0)
+    out = tfce_masked(values, mask, e, h, connectivity, two_sided=two_sided, n_jobs=n_jobs)
+    return out.astype(np.float64)

@@ -36,8 +36,8 @@ TARGETS = {
     "train": ["train", "reference"],
     "predict": ["predict"],
     "explain": ["explain"],
-    "population": ["population"],
-    "regions": ["regions"],
+    "population": ["population", "subgroups"],
+    "regions": ["regions", "native_regions", "stability"],
     "evaluate": ["evaluate"],
     "stats": ["stats"],
     "report": ["report"],
@@ -315,7 +315,8 @@ def explain_run(
         explain["subjects"] = subjects
     if params:
         explain["params"] = params
-    targets = ["report"] if report else ["population", "regions", "evaluate", "stats"]
+    targets = ["report"] if report else [*TARGETS["population"], *TARGETS["regions"],
+                                         "evaluate", "stats"]  # fmt: skip
     return run_stages(run_dir, targets, {"explain": explain} if explain else None, progress)
 
 

@@ -2,12 +2,13 @@
 
 from brainage.workflow.stages.evaluate import EvaluateStage, TruthStage
 from brainage.workflow.stages.explain import ExplainStage, NoiseStage
-from brainage.workflow.stages.population import PopulationStage, RegionsStage
+from brainage.workflow.stages.population import NativeRegionsStage, PopulationStage, RegionsStage
 from brainage.workflow.stages.predict import PredictStage
 from brainage.workflow.stages.preprocess import PreprocessStage
 from brainage.workflow.stages.report import ReportStage
 from brainage.workflow.stages.splits import SplitsStage
 from brainage.workflow.stages.stats import StatsStage
+from brainage.workflow.stages.subgroups import StabilityStage, SubgroupsStage
 from brainage.workflow.stages.train import ReferenceStage, TrainStage
 from brainage.workflow.stages.volumes import VolumesStage
 
@@ -28,6 +29,9 @@ def ALL_STAGES() -> list:  # noqa: N802  (a constant-like factory)
         ExplainStage(),
         PopulationStage(),
         RegionsStage(),
+        NativeRegionsStage(),
+        SubgroupsStage(),
+        StabilityStage(),
         TruthStage(),
         EvaluateStage(),
         StatsStage(),
@@ -46,6 +50,7 @@ __all__ = [
     "MODEL_STAGES",
     "EvaluateStage",
     "ExplainStage",
+    "NativeRegionsStage",
     "NoiseStage",
     "PopulationStage",
     "PredictStage",
@@ -54,7 +59,9 @@ __all__ = [
     "RegionsStage",
     "ReportStage",
     "SplitsStage",
+    "StabilityStage",
     "StatsStage",
+    "SubgroupsStage",
     "TrainStage",
     "TruthStage",
     "VolumesStage",

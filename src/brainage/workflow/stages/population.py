@@ -1,6 +1,7 @@
-"""Stages ``population`` and ``regions`` (METHODS §9).
+"""Stages ``population``, ``regions`` and ``native_regions`` (METHODS §9).
 
-Population maps have one item per method, atlas region tables one per method × atlas.
+Population maps have one item per method, atlas region tables one per method × atlas, tables of
+per-subject native label maps (DLMUSE) one per method × label-map dataset.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import numpy as np
 from brainage.io.atomic import write_tsv
 from brainage.workflow.stage import ItemResult, RunContext, Stage
 from brainage.workflow.stages.explain import explained_subjects, relevance_stack
+from brainage.workflow.stages.preprocess import PreprocessStage
 
 
 class PopulationStage(Stage):
@@ -94,3 +96,95 @@ class RegionsStage(Stage):
         )
         path = write_tsv(ctx.layout.regions(method, atlas), table)
         return ItemResult({"regions": path})
+
+
+class NativeRegionsStage(Stage):
+    """Regions of each subject's own native label map (e.g. DLMUSE), per method (METHODS §9).
+
+    Active when the BIDS dataset has a derivatives dataset of native-space ``dseg`` label maps
+    (``population.label_maps``). Each explained subject's template-space map is warped onto its
+    label map with the saved inverse transform (:mod:`brainage.population.native`); a subject
+    whose label map does not cover its T1w is left out with the reason in the record.
+    """
+
+    name = "native_regions"
+    version = "1"
+    requires = ("explain", "preprocess")
+
+    def _label_maps(self, ctx: RunContext):
+        from pathlib import Path
+
+        from brainage.population.native import find_label_maps
+
+        choice = ctx.config.population.label_maps
+        if choice is None or not ctx.source or not Path(ctx.source).is_dir():
+            return None
+        name = None if choice == "auto" else choice
+        return find_label_maps(ctx.source, ctx.ok_subjects(), name=name, check_space=False)
+
+    def items(self, ctx: RunContext) -> list[str]:
+        maps = self._label_maps(ctx)
+        if maps is None:
+            return []
+        return [f"{m}/{maps.name}" for m in PopulationStage().items(ctx)]
+
+    def _subjects(self, ctx: RunContext, maps) -> list[str]:
+        return [p for p in explained_subjects(ctx) if p in maps.paths]
+
+    def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
+        maps = self._label_maps(ctx)
+        method = item.split("/", 1)[0]
+        pids = set(self._subjects(ctx, maps))
+        deps = [("explain", f"{method}/{p}") for p in sorted(pids)]
+        return [d for d in deps if d in ctx.records] + [("preprocess", p) for p in sorted(pids)]
+
+    def inputs(self, ctx: RunContext, item: str) -> dict:
+        from brainage.utils import file_hash
+
+        maps = self._label_maps(ctx)
+        files = {p: file_hash(maps.paths[p]) for p in self._subjects(ctx, maps)}
+        return {"label_maps": files, "dseg_tsv": file_hash(maps.root / "dseg.tsv")}
+
+    def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
+        import pandas as pd
+
+        from brainage.errors import InputError
+        from brainage.population.native import (
+            check_scanner_space,
+            native_region_table,
+            native_region_values,
+        )
+        from brainage.workflow.progress import StageProgress
+
+        method, name = item.split("/", 1)
+        maps = self._label_maps(ctx)
+        layout = ctx.layout
+        per_subject, skipped = {}, {}
+        pids = self._subjects(ctx, maps)
+        bar = StageProgress(f"native regions {item}", len(pids), ctx.progress)
+        try:
+            for pid in pids:
+                prep = ctx.record("preprocess", pid)
+                row = {"participant_id": pid,
+                       "inverse_xfm": str(prep.output(layout, "inverse_xfm"))}  # fmt: skip
+                relevance = ctx.record("explain", f"{method}/{pid}").output(layout, "ensemble")
+                try:
+                    check_scanner_space(maps.paths[pid], PreprocessStage._t1w(ctx, pid), pid)
+                    per_subject[pid] = native_region_values(
+                        relevance, row, maps.paths[pid], maps.names
+                    )
+                except InputError as err:
+                    skipped[pid] = str(err)
+                bar.advance(1)
+        finally:
+            bar.close()
+        outputs = {}
+        if per_subject:
+            table = native_region_table(per_subject)
+            outputs["regions"] = write_tsv(layout.regions(method, f"{name}native"), table)
+            long = pd.concat(
+                [t.assign(participant_id=p) for p, t in per_subject.items()], ignore_index=True
+            )
+            path = layout.region_summary(method, f"atlas-{name}native_subjects")
+            outputs["subjects"] = write_tsv(path, long)
+        return ItemResult(outputs, {"n_subjects": len(per_subject), "skipped": skipped})

@@ -7,6 +7,7 @@ from brainage.workflow.stage import ItemResult, RunContext, Stage
 #: Stages whose results the report shows.
 REPORTED = (
     "preprocess", "splits", "predict", "population", "regions", "evaluate", "stats", "train",
+    "native_regions", "subgroups", "stability",
 )  # fmt: skip
 
 
@@ -15,7 +16,8 @@ class ReportStage(Stage):
 
     name = "report"
     version = "1"
-    requires = ("predict", "population", "regions", "evaluate", "stats")
+    requires = ("predict", "population", "regions", "evaluate", "stats", "native_regions",
+                "subgroups", "stability")  # fmt: skip
 
     def items(self, ctx: RunContext) -> list[str]:
         return ["report"]
