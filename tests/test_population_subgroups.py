@@ -90,3 +90,6 @@ def test_rank_stability_equals_scipy_on_the_common_regions():
     assert opp.spearman == pytest.approx(-1) and opp.top10_overlap == 0
     long = ranks_long(tables, "model")
     assert len(long) == 89 and set(long.condition) == set(tables)
+    # ranks follow the chosen column: here the table's own ranking
+    first = long[long.condition == "seed-0"]
+    assert list(first["rank"]) == list(tables["seed-0"]["rank"])

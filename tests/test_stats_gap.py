@@ -192,3 +192,27 @@ def test_peak_table_finds_each_significant_peak_and_labels_it():
     neg = table.iloc[1]
     assert neg.peak_stat == -5.0 and neg.region == "(no label)" and neg.p_fwe == 0.01
     assert peak_table(stat, np.ones(shape), affine).empty
+
+
+def test_cluster_table_sizes_peaks_and_covered_regions():
+    from types import SimpleNamespace
+
+    from brainage.stats.maps import cluster_table
+
+    shape, affine = (20, 20, 20), np.diag([2.0, 2.0, 2.0, 1.0])
+    stat = np.zeros(shape)
+    stat[2:6, 2:6, 2:6], stat[3, 4, 4] = 3.0, 7.0  # 64 voxels, positive
+    stat[12:14, 12:14, 12:14] = -4.0  # 8 voxels, negative
+    p = np.where(stat != 0, 0.01, 1.0)
+    labels = np.zeros(shape, int)
+    labels[2:4] = 1  # half of the positive cluster
+    labels[4:5] = 2  # a quarter; the last quarter is unlabelled
+    atlas = SimpleNamespace(labels=labels, names={1: "A", 2: "B"})
+    table = cluster_table(stat, stat, p, affine, atlas)
+    assert list(table["sign"]) == ["positive", "negative"]
+    assert list(table["n_voxels"]) == [64, 8]
+    assert table["volume_mm3"].iloc[0] == pytest.approx(64 * 8)
+    first = table.iloc[0]
+    assert (first.peak_x, first.peak_y, first.peak_z, first.peak_stat) == (6, 8, 8, 7.0)
+    assert first.peak_region == "A" and first.regions == "A 50 %, B 25 %, unlabelled 25 %"
+    assert table.iloc[1].peak_region == "(no label)" and table.iloc[1].peak_stat == -4.0

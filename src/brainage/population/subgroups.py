@@ -160,13 +160,15 @@ def rank_stability(tables: dict, factor: str, value: str = "mean_relevance") -> 
     return pd.DataFrame(rows, columns=STABILITY_COLUMNS)
 
 
-def ranks_long(tables: dict, factor: str) -> pd.DataFrame:
-    """Region ranks per condition in long form (``factor``, ``condition``, ``region``, ``rank``)."""
-    frames = [
-        pd.DataFrame(
-            {"factor": factor, "condition": cond, "region": t["region"], "rank": t["rank"]}
-        )  # fmt: skip
-        for cond, t in tables.items()
-    ]
+def ranks_long(tables: dict, factor: str, value: str = "mean_relevance") -> pd.DataFrame:
+    """Region ranks per condition in long form (``factor``, ``condition``, ``region``, ``rank``).
+
+    ``rank`` 1 = the largest ``value`` in that condition's table (ties: table order).
+    """
+    frames = []
+    for cond, t in tables.items():
+        rank = t[value].rank(ascending=False, method="first").astype(int)
+        frames.append(pd.DataFrame({"factor": factor, "condition": cond,
+                                    "region": t["region"], "rank": rank}))  # fmt: skip
     cols = ["factor", "condition", "region", "rank"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

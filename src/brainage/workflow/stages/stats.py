@@ -25,7 +25,7 @@ class StatsStage(Stage):
     """See the module docstring."""
 
     name = "stats"
-    version = "2"
+    version = "3"
     requires = ("explain", "predict")
 
     def items(self, ctx: RunContext) -> list[str]:

@@ -4,7 +4,8 @@
 ``population.subgroups`` (sex, age group, accelerated vs. decelerated agers, …) with its region
 table in the first atlas of ``population.atlases``. ``stability`` compares region rankings, per
 method across base models (seeds) and across cross-fitting folds, and (item ``all``) across
-methods, with Spearman's ρ, Kendall's τ-b and the top-10 overlap.
+methods, with Spearman's ρ, Kendall's τ-b and the top-10 overlap of the regions' mean |relevance|
+(of the normalised maps).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from brainage.workflow.stages.explain import explained_subjects, relevance_stack
 
 #: The ``stability`` item comparing methods.
 ALL_METHODS = "all"
+
+#: Region-table column whose ranking is compared (magnitude: signs mean different things in
+#: different methods, and a region can matter by pushing the prediction either way).
+STABILITY_VALUE = "mean_abs_relevance"
 
 
 def _method_items(ctx: RunContext) -> list[str]:
@@ -159,7 +164,7 @@ class StabilityStage(Stage):
     """See the module docstring."""
 
     name = "stability"
-    version = "1"
+    version = "2"
     requires = ("explain", "predict", "regions")
 
     def items(self, ctx: RunContext) -> list[str]:
@@ -196,8 +201,10 @@ class StabilityStage(Stage):
             conditions = {"method": tables}
         else:
             conditions = self._conditions(ctx, item)
-        pairs = [rank_stability(t, f) for f, t in conditions.items() if len(t) > 1]
-        ranks = [ranks_long(t, f) for f, t in conditions.items() if len(t) > 1]
+        # how much a region is looked at, whatever the sign (methods differ in what sign means)
+        value = STABILITY_VALUE
+        pairs = [rank_stability(t, f, value) for f, t in conditions.items() if len(t) > 1]
+        ranks = [ranks_long(t, f, value) for f, t in conditions.items() if len(t) > 1]
         cols = ["factor", "a", "b", "n_regions", "spearman", "kendall", "top10_overlap"]
         stability = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(columns=cols)
         long = (
