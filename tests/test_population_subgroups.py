@@ -38,6 +38,24 @@ def test_gap_groups_are_the_extremes_of_the_gap():
     assert not g["accelerated"][7] and not g["decelerated"][7]
 
 
+def test_age_adjusted_gap_removes_the_linear_age_trend():
+    from brainage.population.subgroups import age_adjusted
+
+    rng = np.random.default_rng(2)
+    ages = rng.uniform(20, 80, 200)
+    gaps = 10 - 0.2 * ages + rng.normal(0, 1, 200)  # regression to the mean
+    gaps[5] = np.nan
+    adj = age_adjusted(gaps, ages)
+    ok = np.isfinite(adj)
+    assert np.isnan(adj[5]) and ok.sum() == 199
+    assert abs(np.corrcoef(ages[ok], adj[ok])[0, 1]) < 1e-10 and abs(adj[ok].mean()) < 1e-10
+    # on the raw gap the accelerated are the young; on the adjusted gap they are not
+    raw = subgroup_masks("gap_group", pd.DataFrame(), ages, gaps)
+    fair = subgroup_masks("gap_group", pd.DataFrame(), ages, adj)
+    assert ages[raw["accelerated"]].mean() < 40
+    assert abs(ages[fair["accelerated"]].mean() - ages[fair["decelerated"]].mean()) < 10
+
+
 def test_categorical_column_groups_and_errors():
     cohort = pd.DataFrame({"sex": ["F", "M", "n/a", "F"], "id": ["a", "b", "c", "d"]})
     g = subgroup_masks("sex", cohort, np.ones(4), np.zeros(4))

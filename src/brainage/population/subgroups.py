@@ -52,6 +52,34 @@ def _age_levels(edges) -> list[tuple[str, float, float]]:
     return out
 
 
+def age_adjusted(gaps, ages) -> np.ndarray:
+    """Brain-age gap minus its linear trend on age (NaN where either is unknown).
+
+    A gap that still follows age (regression to the mean, when the age-bias correction was not
+    used) would make "accelerated" mostly young and "decelerated" mostly old subjects; the
+    residual of ``gap ~ 1 + age`` ranks subjects against others of their age.
+
+    Parameters
+    ----------
+    gaps, ages : array-like, shape (n,)
+        Years.
+
+    Returns
+    -------
+    ndarray, shape (n,)
+    """
+    gaps = np.asarray(gaps, float)
+    ages = np.asarray(ages, float)
+    ok = np.isfinite(gaps) & np.isfinite(ages)
+    out = np.full(len(gaps), np.nan)
+    if ok.sum() >= 3 and np.std(ages[ok]) > 0:
+        slope, intercept = np.polyfit(ages[ok], gaps[ok], 1)
+        out[ok] = gaps[ok] - (intercept + slope * ages[ok])
+    else:
+        out[ok] = gaps[ok]
+    return out
+
+
 def subgroup_masks(
     factor: str,
     cohort: pd.DataFrame,
@@ -68,7 +96,8 @@ def subgroup_masks(
         ``"age_group"``: ages in ``[edge_i, edge_i+1)`` with open ends (paper 004: < 60,
         60–70, ≥ 70). ``"gap_group"``: ``accelerated`` = the
         ``gap_fraction`` of subjects with the largest brain-age gap, ``decelerated`` = the
-        smallest (most negative). Any other value: a categorical cohort column.
+        smallest (most negative; pass the :func:`age_adjusted` gap to rank subjects against
+        others of their age). Any other value: a categorical cohort column.
     cohort : pandas.DataFrame
         One row per subject (aligned with ``ages`` and ``gaps``).
     ages, gaps : array-like, shape (n,)

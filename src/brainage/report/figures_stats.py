@@ -133,7 +133,9 @@ def rank_chart_figure(ranks: pd.DataFrame, n: int = 10, title: str | None = None
     return fig
 
 
-def subgroup_maps_figure(images: dict, background=None, z_mm=(-10.0, 10.0, 30.0, 50.0)) -> Figure:
+def subgroup_maps_figure(
+    images: dict, background=None, z_mm=(-10.0, 10.0, 30.0, 50.0), mask=None
+) -> Figure:
     """Subgroup mean relevance maps side by side: rows = subgroups, columns = axial slices.
 
     Parameters
@@ -144,6 +146,8 @@ def subgroup_maps_figure(images: dict, background=None, z_mm=(-10.0, 10.0, 30.0,
         |value| over all rows) serves every panel.
     background : nibabel.Nifti1Image, optional
         Anatomy on the same grid, drawn in grey under the maps.
+    mask : nibabel.Nifti1Image, optional
+        Brain mask on the same grid: maps are drawn inside it only.
     z_mm : sequence of float
         MNI z of the slices.
 
@@ -159,6 +163,7 @@ def subgroup_maps_figure(images: dict, background=None, z_mm=(-10.0, 10.0, 30.0,
     labels = list(images)
     arrays = {k: _canonical(img) for k, img in images.items()}
     bg = _canonical(background)[0] if background is not None else None
+    inside = _canonical(mask)[0] > 0 if mask is not None else None
     values = np.concatenate([np.abs(a[a != 0]).ravel() for a, _ in arrays.values()] or [[1.0]])
     vmax = float(np.percentile(values, 99)) if values.size else 1.0
     norm = Normalize(-vmax or -1.0, vmax or 1.0)
@@ -179,7 +184,8 @@ def subgroup_maps_figure(images: dict, background=None, z_mm=(-10.0, 10.0, 30.0,
             if bg is not None:
                 ax.imshow(np.ma.masked_equal(np.rot90(bg[:, :, k]), 0), cmap="gray", alpha=0.45)
             sl = np.rot90(data[:, :, k])
-            im = ax.imshow(np.ma.masked_equal(sl, 0), cmap="RdBu_r", norm=norm)
+            hide = sl == 0 if inside is None else ~np.rot90(inside[:, :, k])
+            im = ax.imshow(np.ma.masked_array(sl, hide), cmap="RdBu_r", norm=norm)
             if r == 0:
                 ax.set_title(f"z = {z:g} mm", fontsize=8)
     if im is not None:

@@ -41,7 +41,7 @@ def _subgroups_section(run: RunFolder) -> list[dict] | None:
         if images:
             first = next(iter(images.values()))
             res = float(abs(first.affine[0, 0]))
-            fig = subgroup_maps_figure(images, load_template(res)["t1w"])
+            fig = subgroup_maps_figure(images, mask=load_template(res)["mask"])
             figure = mf.figure_to_data_uri(fig)
         agreement = [
             {"factor": k, **p} for k, f in s["factors"].items() for p in f["rank_agreement"]

@@ -76,7 +76,7 @@ class SubgroupsStage(Stage):
     """See the module docstring."""
 
     name = "subgroups"
-    version = "1"
+    version = "2"
     requires = ("explain", "predict")
 
     def items(self, ctx: RunContext) -> list[str]:
@@ -103,6 +103,7 @@ class SubgroupsStage(Stage):
         from brainage.population.subgroups import (
             AGE_GROUP,
             GAP_GROUP,
+            age_adjusted,
             group_label,
             rank_stability,
             subgroup_masks,
@@ -115,13 +116,15 @@ class SubgroupsStage(Stage):
         pred = _predictions(ctx)
         ages = pred["age"].reindex(pids).to_numpy(float)
         gaps = pred["brain_age_gap"].reindex(pids).to_numpy(float)
+        adjusted = age_adjusted(gaps, ages)  # accelerated = ahead of others of the same age
         cohort = ctx.cohort.set_index("participant_id").reindex(pids).reset_index()
         outputs, factors, skipped = {}, {}, {}
         for factor in p.subgroups:
             if factor not in (AGE_GROUP, GAP_GROUP) and factor not in cohort:
                 skipped[factor] = "not a column of this cohort"
                 continue
-            groups = subgroup_masks(factor, cohort, ages, gaps, p.age_groups, p.gap_group_fraction)
+            groups = subgroup_masks(factor, cohort, ages, adjusted, p.age_groups,
+                                    p.gap_group_fraction)  # fmt: skip
             entries, tables = [], {}
             for level, members in groups.items():
                 n = int(members.sum())
@@ -150,6 +153,7 @@ class SubgroupsStage(Stage):
                 "rank_agreement": [] if pairs is None else pairs.to_dict("records"),
             }
         summary = {"method": item, "atlas": rm.atlas_name, "normalise": p.normalise,
+                   "gap_group": "by the age-adjusted gap (residual of gap ~ 1 + age)",
                    "n_subjects": len(pids), "factors": factors, "skipped": skipped}  # fmt: skip
         outputs["summary"] = write_json(layout.region_summary(item, "subgroups"), summary)
         return ItemResult(outputs, {"n_groups": sum(len(f["groups"]) for f in factors.values())})
