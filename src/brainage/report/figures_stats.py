@@ -111,7 +111,7 @@ def rank_chart_figure(ranks: pd.DataFrame, n: int = 10, title: str | None = None
     conds = list(dict.fromkeys(ranks["condition"]))
     wide = ranks.pivot_table(index="region", columns="condition", values="rank")[conds]
     top = wide.mean(axis=1).sort_values().head(n).index
-    fig = Figure(figsize=(max(4.5, 1.1 * len(conds) + 3.2), 0.32 * n + 1.4))
+    fig = Figure(figsize=(5.4, 0.3 * n + 1.6))  # one size: charts sit side by side
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(conds))
     for k, region in enumerate(top):

@@ -320,13 +320,17 @@ def contrast_design(
     return AnalysisData(_scale(maps[use], mask, signed), design, contrast, used, blocks, desc)
 
 
+def _share(x: float) -> str:
+    return "< 1 %" if x < 0.005 else f"{100 * x:.0f} %"
+
+
 def _covered_regions(atlas, members: np.ndarray, n: int = 3) -> str:
     """Name the atlas regions holding most of a cluster's voxels: ``"A 40 %, B 25 %"``."""
     values, counts = np.unique(np.asarray(atlas.labels)[members], return_counts=True)
     total = counts.sum()
     keep = values > 0
     order = np.argsort(-counts[keep], kind="stable")[:n]
-    parts = [f"{atlas.names.get(int(v), str(v))} {100 * c / total:.0f} %"
+    parts = [f"{atlas.names.get(int(v), str(v))} {_share(c / total)}"
              for v, c in zip(values[keep][order], counts[keep][order], strict=True)]  # fmt: skip
     unlabelled = counts[~keep].sum()
     if unlabelled and unlabelled / total >= 0.2:
