@@ -53,7 +53,9 @@ class StatsStage(Stage):
         # the item names its method and test: adding one reruns no other item
         test = item.split("/", 1)[1]
         contrast = cfg.contrast(test)
-        keep = cfg.to_dict() | {"methods": None, "analyses": None, "contrasts": None}
+        gap_only = ("covariates", "window_width", "window_step", "window_min_subjects")
+        keep = {k: v for k, v in cfg.to_dict().items() if k not in gap_only}
+        keep |= {"methods": None, "analyses": None, "contrasts": None}
         return keep | {"contrast": contrast.to_dict() if contrast else None}
 
     def inputs(self, ctx: RunContext, item: str) -> dict:
