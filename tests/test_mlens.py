@@ -264,7 +264,9 @@ def _check_young_old_t_map(out, cfg, pred):
     maps = np.stack(
         [np.asarray(nib.load(str(layout.relevance("lrp", p))).dataobj)[mask] for p in rows]
     )
-    maps /= np.abs(maps).mean(axis=1, keepdims=True)
+    # stats.signed "centred": minus the subject's mean over the brain, over its mean |R|
+    scale = np.abs(maps).mean(axis=1, keepdims=True)
+    maps = (maps - maps.mean(axis=1, keepdims=True)) / scale
     x = np.column_stack([np.ones(len(rows)), np.r_[np.zeros(len(young)), np.ones(len(old))]])
     voxels = np.flatnonzero(np.abs(maps).sum(axis=0) > 0)[:: max(1, mask.sum() // 7)][:5]
     ref = [sm.OLS(maps[:, v], x).fit().tvalues[1] for v in voxels]
