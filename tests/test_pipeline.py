@@ -461,6 +461,8 @@ def test_configuration_errors_fail_fast_before_any_work(tmp_path):
         ("train: {epocs: 3}\n", "did you mean 'epochs'"),
         ("train: {epochs: sixty}\n", "'train.epochs'"),
         ("explain: {params: {occlussion: {window: 4}}}\n", "did you mean 'occlusion'"),
+        # a contrast on a column the cohort lacks: known from participants.tsv, before any work
+        ("stats: {contrasts: [{column: diagnosis}]}\n", "the column 'diagnosis'"),
     ):
         (tmp_path / "c.yaml").write_text(text)
         t0 = time.perf_counter()

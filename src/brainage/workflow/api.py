@@ -18,7 +18,7 @@ import pandas as pd
 
 from brainage import __version__
 from brainage.config import DEMO_OVERRIDES, Config, dump_config, load_config
-from brainage.errors import InputError
+from brainage.errors import ConfigError, InputError
 from brainage.io.atomic import write_json, write_text
 from brainage.io.cohort import Cohort
 from brainage.io.layout import RunLayout
@@ -227,7 +227,24 @@ def run(
     cfg = config if config is not None else load_config()
     layout = RunLayout(Path(out_dir), cfg.train.resolution_mm, work_dir)
     ctx = _context(cohort, layout, cfg, progress)
+    _check_cohort_columns(cfg, ctx.cohort)
     return _execute(ctx, list(targets), ALL_STAGES())
+
+
+def _check_cohort_columns(cfg: Config, table: pd.DataFrame) -> None:
+    """Fail before any work when the configuration names cohort columns the cohort lacks."""
+    wanted = []
+    for c in cfg.stats.contrasts:
+        cols = [c.column, *(v for v in c.covariates if v not in ("age", "age2"))]
+        wanted += [(f"stats.contrasts ({c.name})", col) for col in cols]
+    wanted += [("stats.covariates", col) for col in cfg.stats.covariates or []]
+    missing = [(where, col) for where, col in wanted if col not in table]
+    if missing:
+        where, col = missing[0]
+        raise ConfigError(
+            f"'{where}' names the column {col!r}, which the cohort does not have (columns: "
+            f"{', '.join(map(str, table.columns))}); fix the configuration or participants.tsv"
+        )
 
 
 def _finished_run(run_dir, needed: tuple[str, ...]) -> RunLayout:
