@@ -65,6 +65,20 @@ def _scale(maps: np.ndarray, mask: np.ndarray, signed: str = "scaled") -> np.nda
     return (x / scale[:, None]).astype(np.float32)
 
 
+def _blocks_and_subjects(folds, subjects: list, use: np.ndarray) -> tuple:
+    """Exchangeability blocks of the used subjects (None unless ≥ 2 blocks) and their ids."""
+    blocks = None if folds is None else np.asarray(folds)[use]
+    if blocks is not None and len(np.unique(blocks)) < 2:
+        blocks = None
+    return blocks, [s for s, u in zip(subjects, use, strict=True) if u]
+
+
+def _label_at(atlas, ijk) -> str:
+    """Atlas region name at voxel ``ijk`` (``"(no label)"`` outside every region)."""
+    value = int(atlas.labels[tuple(ijk)])
+    return atlas.names.get(value, "") if value else "(no label)"
+
+
 def analysis_design(
     analysis: str,
     maps: np.ndarray,
@@ -157,10 +171,7 @@ def analysis_design(
         )
     else:
         raise ValueError(f"unknown analysis {analysis!r}")
-    blocks = None if folds is None else np.asarray(folds)[use]
-    if blocks is not None and len(np.unique(blocks)) < 2:
-        blocks = None
-    used = [s for s, u in zip(subjects, use, strict=True) if u]
+    blocks, used = _blocks_and_subjects(folds, subjects, use)
     # the one-sample test asks where relevance is high: its positive tail
     two_sided = analysis != "one_sample"
     return AnalysisData(data, design, contrast, used, blocks, desc, None, two_sided)
@@ -313,10 +324,7 @@ def contrast_design(
     design = np.column_stack([np.ones(use.sum()), xs, nus])
     contrast = np.zeros(design.shape[1])
     contrast[1] = 1.0
-    blocks = None if folds is None else np.asarray(folds)[use]
-    if blocks is not None and len(np.unique(blocks)) < 2:
-        blocks = None
-    used = [s for s, u in zip(subjects, use, strict=True) if u]
+    blocks, used = _blocks_and_subjects(folds, subjects, use)
     return AnalysisData(_scale(maps[use], mask, signed), design, contrast, used, blocks, desc)
 
 
@@ -382,8 +390,7 @@ def cluster_table(
             xyz = affine @ np.r_[peak, 1.0]
             region, covered = "", ""
             if atlas is not None:
-                value = int(atlas.labels[tuple(peak)])
-                region = atlas.names.get(value, "") if value else "(no label)"
+                region = _label_at(atlas, peak)
                 covered = _covered_regions(atlas, labels == k)
             rows.append({
                 "sign": name, "n_voxels": len(vox), "volume_mm3": len(vox) * voxel_mm3,
@@ -432,14 +439,14 @@ def peak_table(
         :data:`PEAK_COLUMNS`; ``cluster`` is nilearn's id (``2a``: a sub-peak of cluster 2),
         coordinates in mm.
     """
+    import warnings
+
     import nibabel as nib
     from nilearn.reporting import get_clusters_table
 
     shown = np.where(p_fwe <= alpha, stat, 0).astype(np.float32)
     if not shown.any():
         return pd.DataFrame(columns=PEAK_COLUMNS)
-    import warnings
-
     with warnings.catch_warnings():  # "a (sub)peak falls outside the cluster body": handled
         warnings.simplefilter("ignore", UserWarning)
         table = get_clusters_table(nib.Nifti1Image(shown, affine), stat_threshold=1e-6,
@@ -451,8 +458,7 @@ def peak_table(
         ijk = tuple(np.clip(ijk, 0, np.array(stat.shape) - 1))
         region = ""
         if atlas is not None:
-            value = int(atlas.labels[ijk])
-            region = atlas.names.get(value, "") if value else "(no label)"
+            region = _label_at(atlas, ijk)
         size = r["Cluster Size (mm3)"]
         rows.append({"cluster": str(r["Cluster ID"]), "peak_x": r["X"], "peak_y": r["Y"],
                      "peak_z": r["Z"], "peak_stat": float(r["Peak Stat"]),

@@ -105,6 +105,12 @@ PREDICTION_COLUMNS: dict[str, dict] = {
 METRIC_COLUMNS = ["model", "split", "fold", "n", "mae", "rmse", "r"]
 
 
+def read_predictions(ctx: RunContext):
+    """Read the run's ``predictions.tsv`` (via the ``predict`` record), by participant_id."""
+    path = ctx.record("predict", "ensemble").output(ctx.layout, "predictions")
+    return pd.read_csv(path, sep="\t").set_index("participant_id")
+
+
 def base_column_description(name: str) -> dict:
     """Data-dictionary entry of the column ``brain_age_<name>`` (one base model)."""
     region = model_region(name)

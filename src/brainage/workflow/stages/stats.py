@@ -16,6 +16,7 @@ import numpy as np
 from brainage.io.atomic import write_json, write_tsv
 from brainage.workflow.stage import ItemResult, RunContext, Stage
 from brainage.workflow.stages.explain import explained_subjects, relevance_stack
+from brainage.workflow.stages.predict import read_predictions
 
 #: The item relating the brain-age gap to covariates.
 COVARIATES = "covariates"
@@ -85,12 +86,6 @@ class StatsStage(Stage):
             return self._covariates(ctx)
         return self._voxelwise(ctx, item)
 
-    def _predictions(self, ctx: RunContext):
-        import pandas as pd
-
-        path = ctx.record("predict", "ensemble").output(ctx.layout, "predictions")
-        return pd.read_csv(path, sep="\t").set_index("participant_id")
-
     def _covariates(self, ctx: RunContext) -> ItemResult:
         from brainage.stats.gap import (
             gap_covariates,
@@ -99,7 +94,7 @@ class StatsStage(Stage):
         )
 
         cfg, layout = ctx.config.stats, ctx.layout
-        pred = self._predictions(ctx)
+        pred = read_predictions(ctx)
         pred = pred[pred["age"].notna() & pred["brain_age_gap"].notna()]
         cohort = ctx.cohort.set_index("participant_id").reindex(pred.index)
         values, codings = gap_covariates(
@@ -149,7 +144,7 @@ class StatsStage(Stage):
         mask = template_array("mask", res)
         grid = template_grid(res)
         pids, maps = relevance_stack(ctx, method)
-        pred = self._predictions(ctx)
+        pred = read_predictions(ctx)
         ages = pred["age"].reindex(pids).to_numpy(float)
         gaps = pred["brain_age_gap"].reindex(pids).to_numpy(float)
         folds = None

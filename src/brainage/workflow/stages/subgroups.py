@@ -15,6 +15,7 @@ import numpy as np
 from brainage.io.atomic import write_json, write_tsv
 from brainage.workflow.stage import ItemResult, RunContext, Stage
 from brainage.workflow.stages.explain import explained_subjects, relevance_stack
+from brainage.workflow.stages.predict import read_predictions
 
 #: The ``stability`` item comparing methods.
 ALL_METHODS = "all"
@@ -37,13 +38,6 @@ def _explain_deps(ctx: RunContext, method: str) -> list[tuple[str, str]]:
         for i in sorted(ctx.stage_records("explain"))
         if i.split("/", 1)[0] == method and i.split("/", 1)[1] in pids
     ]
-
-
-def _predictions(ctx: RunContext):
-    import pandas as pd
-
-    path = ctx.record("predict", "ensemble").output(ctx.layout, "predictions")
-    return pd.read_csv(path, sep="\t").set_index("participant_id")
 
 
 class _RegionMaps:
@@ -113,7 +107,7 @@ class SubgroupsStage(Stage):
         rm = _RegionMaps(ctx)
         pids, stack = relevance_stack(ctx, item)
         maps = rm.normalised(stack)
-        pred = _predictions(ctx)
+        pred = read_predictions(ctx)
         ages = pred["age"].reindex(pids).to_numpy(float)
         gaps = pred["brain_age_gap"].reindex(pids).to_numpy(float)
         adjusted = age_adjusted(gaps, ages)  # accelerated = ahead of others of the same age
@@ -238,7 +232,7 @@ class StabilityStage(Stage):
             models[name] = rm.table(rm.normalised(stack).mean(axis=0))
         pids_all, stack = relevance_stack(ctx, method)
         maps = rm.normalised(stack)
-        pred = _predictions(ctx)
+        pred = read_predictions(ctx)
         folds = {}
         if "fold" in pred:
             fold = pred["fold"].reindex(pids_all).to_numpy(float)
