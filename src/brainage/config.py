@@ -48,6 +48,9 @@ class SplitConfig(Section):
     validation_fraction : float
         Fraction of the non-test subjects (of each fold) used for validation — early stopping,
         the ensemble head and the age-bias correction — in [0, 0.5].
+    seed : int or None
+        Seed of the split; ``None`` (default): the run's ``seed``. A multi-seed study fixes it
+        so that every seed trains and is tested on the same subjects (paper 000).
     """
 
     section_path: ClassVar[str] = "split"
@@ -56,6 +59,7 @@ class SplitConfig(Section):
     n_folds: Annotated[int, Field(ge=2, le=50)] = 5
     test_fraction: Fraction = 0.1
     validation_fraction: Fraction = 0.15
+    seed: Annotated[int, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
     def _check_validation(self) -> SplitConfig:
@@ -384,6 +388,11 @@ class Config(Section):
     def stats_methods(self) -> list[str]:
         """Relevance methods the stats stage tests (default: the first explanation method)."""
         return list(self.stats.methods or self.explain.methods[:1])
+
+    @property
+    def split_seed(self) -> int:
+        """Seed of the split: ``split.seed``, else the run's ``seed``."""
+        return self.seed if self.split.seed is None else self.split.seed
 
     @property
     def seeds(self) -> list[int]:

@@ -20,6 +20,7 @@ Layout of ``OUT`` (a BIDS-derivatives-like folder)::
     population/method-<m>_group-<g>_…_stat-mean_relevance.nii.gz   subgroup maps (paper 004)
     regions/method-<m>_group-<g>_atlas-<a>_regions.tsv, method-<m>_subgroups.json
     regions/method-<m>_{stability,ranks}.tsv, regions/method-all_{stability,ranks}.tsv
+    phases/phase-<k>_method-<m>_…_stat-mean_relevance.nii.gz, phases/phases.tsv   (paper 000)
     stats/method-<m>_test-<t>_<space>_stat-<s>_statmap.nii.gz, …_clusters.tsv, …_summary.json
     stats/gap_windows.tsv, gap_models.tsv, gap_summary.json   brain-age gap vs. covariates
     evaluation/xai.tsv, lesions.tsv, method-<m>_xai.tsv, randomisation/method-<m>.tsv,
@@ -263,6 +264,19 @@ class RunLayout:
     def regions(self, method: str, atlas: str) -> Path:
         """Region table: ``OUT/regions/method-<m>_atlas-<a>_regions.tsv``."""
         return self.root / "regions" / f"method-{label(method)}_atlas-{label(atlas)}_regions.tsv"
+
+    def phase_map(self, phase: int, method: str) -> Path:
+        """Test-set mean map at a training phase (paper 000): ``OUT/phases/phase-<k>_method-…``.
+
+        ``OUT/phases/phase-<k>_method-<m>_<space>_stat-mean_relevance.nii.gz``
+        """
+        name = f"phase-{int(phase)}_method-{label(method)}_{self.space}_stat-mean_relevance"
+        return self.root / "phases" / f"{name}.nii.gz"
+
+    @property
+    def phase_table(self) -> Path:
+        """``OUT/phases/phases.tsv``: the phase checkpoints of every base model."""
+        return self.root / "phases" / "phases.tsv"
 
     # ------------------------------------------------------------------ statistics
     def stats_map(self, method: str, analysis: str, stat: str) -> Path:

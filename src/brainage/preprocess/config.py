@@ -26,11 +26,13 @@ class PreprocessConfig(Section):
         brain-extracted; its brain mask is its voxels > 0 and nothing is removed.
     bias_correct : bool
         N4 bias-field correction (Tustison et al. 2010, ANTs) inside the brain mask.
-    register : {"affine", "syn", "none"}
+    register : {"affine", "syn", "rigid", "none"}
         Registration of the skull-stripped brain to the skull-stripped MNI152NLin2009aSym
         template (ANTs): ``"affine"`` (12 parameters, mutual information), ``"syn"`` (affine
-        followed by symmetric diffeomorphic normalisation), or ``"none"``: the input is already in
-        MNI space and is only resampled onto the grid (identity transforms are written).
+        followed by symmetric diffeomorphic normalisation), ``"rigid"`` (6 parameters: the brain
+        is moved onto the template grid but keeps its own size and shape — paper 000's
+        "non-registered" condition), or ``"none"``: the input is already in MNI space and is only
+        resampled onto the grid (identity transforms are written).
     intensity : {"minmax", "zscore"}
         ``"minmax"``: robust min-max, the 0.5 and 99.5 percentiles inside the brain mask map to 0
         and 1, clipped to [0, 1]. ``"zscore"``: zero mean and unit variance inside the brain mask.
@@ -49,7 +51,7 @@ class PreprocessConfig(Section):
     resolution_mm: Annotated[float, Field(ge=0.5, le=16)] = 2.0
     skull_strip: bool = True
     bias_correct: bool = True
-    register: Literal["affine", "syn", "none"] = "affine"
+    register: Literal["affine", "syn", "rigid", "none"] = "affine"
     intensity: Literal["minmax", "zscore"] = "minmax"
     n4_shrink_factor: Annotated[int, Field(ge=1)] = 4
     seed: Annotated[int, Field(ge=0)] = 0

@@ -185,14 +185,14 @@ def register_to_template(
 
     The moving image is first centred on the template by the centres of mass; then ANTs
     ``Affine`` (mutual information, 32 bins, 20 % regular random sampling, shrink 6-4-2-1,
-    smoothing 3-2-1-0 voxels; Avants et al. 2011) or ``SyN`` (affine + symmetric diffeomorphic
-    normalisation) is run against the template at :data:`REGISTRATION_RESOLUTION_MM`.
+    smoothing 3-2-1-0 voxels; Avants et al. 2011), ``Rigid`` (the same, 6 parameters) or
+    ``SyN`` (affine + symmetric diffeomorphic normalisation) is run against the template at :data:`REGISTRATION_RESOLUTION_MM`.
 
     Parameters
     ----------
     brain : nibabel.Nifti1Image
         Native-space brain, 0 outside the brain.
-    kind : {"affine", "syn"}
+    kind : {"affine", "rigid", "syn"}
     workdir : str or Path
         Folder for ANTs' output files (use a fresh temporary folder: ANTs globs it).
     seed : int
@@ -203,8 +203,8 @@ def register_to_template(
     forward, inverse : str
         Transform files. ``forward`` resamples a native image into template space
         (``ants.apply_transforms(fixed=template, moving=native, transformlist=[forward])``);
-        ``inverse`` the other way. For ``"affine"`` both are ``.mat`` (the inverse written
-        explicitly, so no ``whichtoinvert`` is needed), for ``"syn"`` composite ``.h5`` files.
+        ``inverse`` the other way. For ``"affine"`` and ``"rigid"`` both are ``.mat`` (the
+        inverse written explicitly, so no ``whichtoinvert`` is needed), for ``"syn"`` composite ``.h5`` files.
     """
     import ants
 
@@ -212,8 +212,10 @@ def register_to_template(
     moving = to_ants(brain)
     prefix = str(Path(workdir) / "reg_")
     with ants_seed(seed):
-        if kind == "affine":
-            out = ants.registration(fixed, moving, type_of_transform="Affine", outprefix=prefix)
+        if kind in ("affine", "rigid"):
+            out = ants.registration(
+                fixed, moving, type_of_transform=kind.capitalize(), outprefix=prefix
+            )
             forward = out["fwdtransforms"][0]
             inverse = str(Path(workdir) / "inverse.mat")
             ants.write_transform(ants.read_transform(forward).invert(), inverse)
@@ -229,7 +231,7 @@ def register_to_template(
             forward = forward[0] if isinstance(forward, (list, tuple)) else forward
             inverse = inverse[0] if isinstance(inverse, (list, tuple)) else inverse
         else:
-            raise ValueError(f"'kind' must be 'affine' or 'syn'; got {kind!r}")
+            raise ValueError(f"'kind' must be 'affine', 'rigid' or 'syn'; got {kind!r}")
     return str(forward), str(inverse)
 
 

@@ -43,7 +43,16 @@ class StudyConfig(Section):
         Overrides applied before every condition's.
     phases : list of float
         Validation-MAE thresholds in years, decreasing (paper 000: 32, 22, then ~7.3, ~6.0,
-        ~5.4 for its cohort); a seed that never reaches one has no checkpoint in that phase.
+        ~5.4 for its cohort). Rule for thresholds a cohort does not reach: a seed whose
+        validation MAE never gets that low has no checkpoint in the phase; the phase table
+        counts the seeds that reached it, and a phase reached by fewer than two seeds of a
+        condition has no agreement (n/a), never a silently shorter table.
+    split_seed : int or None
+        Seed of the data split, the same for every run (paper 000: the seeds vary the
+        training, not the subjects); ``None``: each seed draws its own split.
+    targets : list of str
+        Stages every run brings up to date (with everything upstream); the study needs the
+        phase maps (``phases``), the population maps and region tables (``regions``).
     """
 
     section_path: ClassVar[str] = "study"
@@ -52,6 +61,8 @@ class StudyConfig(Section):
     seeds: Annotated[int, Field(ge=1)] | list[int] = 3
     base: dict[str, Any] = Field(default_factory=dict)
     phases: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [32.0, 22.0])
+    split_seed: Annotated[int, Field(ge=0)] | None = 0
+    targets: list[str] = Field(default_factory=lambda: ["predict", "phases", "regions"])
 
     @field_validator("name")
     @classmethod
@@ -76,6 +87,16 @@ class StudyConfig(Section):
         if isinstance(v, list):
             if not v or len(set(v)) != len(v) or min(v) < 0:
                 raise ValueError("must be distinct non-negative seeds")
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v):
+        from brainage.workflow.api import TARGETS
+
+        bad = [t for t in v if t not in TARGETS and t != "phases"]
+        if bad or not v:
+            raise ValueError(f"unknown stage(s) {bad}; choose from {sorted({*TARGETS, 'phases'})}")
         return v
 
     @field_validator("phases")
@@ -124,7 +145,8 @@ def expand_study(study: StudyConfig, base: dict | None = None) -> list[StudyRun]
     """One validated run configuration per (condition, seed), conditions in file order.
 
     Each run trains one base model per fold (``ensemble.n_seeds: 1``) with ``seed`` = the
-    study seed; defaults ← ``base`` ← ``study.base`` ← the condition's overrides.
+    study seed, the study's split seed, phase checkpoints at ``study.phases`` and the test MAE
+    logged per epoch; defaults ← ``base`` ← ``study.base`` ← the condition's overrides.
 
     Parameters
     ----------
@@ -147,7 +169,15 @@ def expand_study(study: StudyConfig, base: dict | None = None) -> list[StudyRun]
     for condition, overrides in study.conditions.items():
         for seed in study.seed_list():
             layered = merge(merge(base or {}, study.base), overrides)
-            layered = merge(layered, {"seed": seed, "ensemble": {"n_seeds": 1, "seeds": None}})
+            layered = merge(
+                layered,
+                {
+                    "seed": seed,
+                    "ensemble": {"n_seeds": 1, "seeds": None},
+                    "split": {"seed": study.split_seed},
+                    "train": {"phases": list(study.phases), "log_test_mae": True},
+                },
+            )
             try:
                 cfg = load_config(base=layered)
             except ConfigError as err:

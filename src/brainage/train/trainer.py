@@ -2,179 +2,36 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from brainage.errors import ConfigError
 from brainage.io.atomic import atomic_path, write_json, write_tsv
-from brainage.models import MODELS, build_model, check_model_params
-from brainage.schema import Section
+from brainage.models import build_model
+from brainage.train.config import MODEL_DEFAULTS, TrainConfig, is_soft_label_model
 from brainage.train.pretrained import checkpoint_sha256, initial_model
 from brainage.utils import select_device
 
-#: ``train.model_params`` when none are given, per architecture (measured for small cohorts:
-#: dropout 0.2 rather than the paper's 0.5 for the Hofmann CNN, METHODS §3).
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"hofmann": {"dropout": 0.2}}
-
-
-class TrainConfig(Section):
-    """Training hyper-parameters of one base model.
-
-    Defaults are tuned for small cohorts on a CPU (METHODS §3, "small cohorts"): the Hofmann CNN
-    with BatchNorm, standardised targets, AdamW with weight decay, a cosine learning-rate schedule,
-    flip/affine augmentation and early stopping on validation MAE. ``TrainConfig.paper()`` gives the
-    configuration of paper 001 (no BatchNorm, Adam lr 5e-4, raw-age MSE, no augmentation).
-
-    Attributes
-    ----------
-    model : str
-        Registered architecture: ``"hofmann"`` (paper 001), ``"resnet"`` (3D ResNet, papers
-        000/002/004) or ``"sfcn"`` (Peng et al. 2021; ``model_params.output: soft_label`` for
-        the paper's age bins, which requires ``loss: kl``).
-    model_params : dict
-        Keyword arguments of the architecture; when not given, :data:`MODEL_DEFAULTS` of it.
-    resolution_mm : float
-        Input grid resolution in mm (the crop box of :func:`brainage.space.template_grid`).
-    epochs : int
-        Maximum number of epochs.
-    patience : int
-        Early stopping: stop after this many epochs without a better validation MAE.
-    batch_size : int
-    lr : float
-        Peak learning rate.
-    weight_decay : float
-        Decoupled weight decay (AdamW).
-    schedule : {"cosine", "constant"}
-    loss : {"mse", "mae", "kl"}
-        ``"mse"``/``"mae"``: on the (standardised) age of a model with one output neuron.
-        ``"kl"``: KL(soft label ‖ predicted bin distribution) of a soft-label model (one that
-        has ``log_probs``, e.g. ``sfcn`` with ``output: soft_label``), Peng et al. 2021; the
-        only loss allowed for such a model.
-    soft_label_sigma : float
-        Standard deviation of the Gaussian soft label around each age, years (``loss: kl``;
-        paper: 1). The bins are widened, never narrowed, until every training age lies ≥ 2σ
-        inside them (see :func:`brainage.models.sfcn.covering_bins`).
-    standardize_targets : bool
-        Train on (age − mean) / sd and fold the scaling into the output layer afterwards.
-        Ignored with ``loss: kl`` (the age bins are in years).
-    init_from : str or None
-        Fine-tune from this checkpoint instead of a random initialisation: a brainage
-        ``model.pt``, a plain state dict, a dict with a ``state_dict`` key or a
-        ``torch.nn.DataParallel`` state dict (leading ``module.`` stripped), read with
-        ``torch.load(weights_only=True)`` (no code is unpickled; nothing is downloaded). It must
-        fit ``model`` and ``model_params`` (e.g. the published UK Biobank SFCN,
-        ``run_20190719_00_epoch_best_mae.p``: ``model: sfcn``, ``output: soft_label``, the
-        default 40 bins of 1 year from 42, inputs 1 × 160 × 192 × 160 at 1 mm MNI,
-        skull-stripped). Soft-label bins are then extended to the cohort's ages
-        (:meth:`brainage.models.SFCN.extend_bins`); a regression output layer is taken to
-        predict years and is rescaled to the (standardised) targets with its bias set to the
-        training mean age. Made absolute when the configuration is read. Cached training
-        results are keyed by the SHA-256 of the file's bytes.
-    augment : list of str
-        Names for :func:`brainage.data.build_augmentation` (``[]`` = none). Default flip, affine
-        and elastic, chosen on the validation subjects of the IXI folds
-        (``bench/bench_architectures.py``: pooled validation MAE 6.26 years with elastic
-        deformation against 6.74 without, 6.44 against 7.25 over the last 10 epochs; better in 4
-        of 5 folds; about 1.4× the training time).
-    device : str
-        ``"auto"`` (CUDA, MPS, else CPU) or a torch device string.
-    amp : bool
-        Mixed precision on CUDA.
-    channels_last : bool
-        Train 3D CNNs in the channels-last memory format (``torch.channels_last_3d``): the same
-        arithmetic in another order, 1.4× the volumes per second of the Hofmann CNN on one CPU
-        thread at 4 mm (``bench/bench_train.py``). Models with 2D layers train as they are.
-    """
-
-    section_path: ClassVar[str] = "train"
-
-    model: str = "hofmann"
-    model_params: dict[str, Any] = Field(default_factory=lambda: dict(MODEL_DEFAULTS["hofmann"]))
-    resolution_mm: Annotated[float, Field(ge=0.5, le=16)] = 4.0
-    epochs: Annotated[int, Field(ge=1)] = 60
-    patience: Annotated[int, Field(ge=1)] = 30
-    batch_size: Annotated[int, Field(ge=1)] = 8
-    lr: Annotated[float, Field(gt=0)] = 2e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-3
-    schedule: Literal["cosine", "constant"] = "cosine"
-    loss: Literal["mse", "mae", "kl"] = "mse"
-    soft_label_sigma: Annotated[float, Field(gt=0)] = 1.0
-    standardize_targets: bool = True
-    init_from: str | None = None
-    augment: list[Literal["flip", "affine", "elastic"]] = Field(
-        default_factory=lambda: ["flip", "affine", "elastic"]
-    )
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-
-    @model_validator(mode="before")
-    @classmethod
-    def _architecture_defaults(cls, data: Any) -> Any:
-        # model_params not given: the defaults brainage chose for that architecture
-        if isinstance(data, dict) and "model_params" not in data:
-            data = {
-                **data,
-                "model_params": dict(MODEL_DEFAULTS.get(data.get("model", "hofmann"), {})),
-            }
-        return data
-
-    @field_validator("init_from")
-    @classmethod
-    def _absolute_init_from(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not value.strip():
-            raise ValueError("'train.init_from' must be a file path or null; got ''")
-        return os.path.abspath(os.path.expanduser(value))
-
-    @model_validator(mode="after")
-    def _check_model(self) -> TrainConfig:
-        check_model_params(self.model, self.model_params)
-        if getattr(MODELS[self.model], "closed_form", False):
-            raise ConfigError(
-                f"'train.model': {self.model!r} is fitted in closed form, not trained; add it "
-                "to the ensemble with 'ensemble.learners' instead"
-            )
-        check = getattr(MODELS[self.model], "check_params", None)
-        if check is not None:
-            check(dict(self.model_params))
-        soft = is_soft_label_model(self.model, self.model_params)
-        if self.loss == "kl" and not soft:
-            raise ConfigError(
-                "'train.loss': 'kl' needs a soft-label model (one with log_probs over age bins, "
-                "e.g. train.model: sfcn with train.model_params.output: soft_label); got model "
-                f"{self.model!r} with model_params {dict(self.model_params)!r}"
-            )
-        if soft and self.loss != "kl":
-            raise ConfigError(
-                f"'train.loss' must be 'kl' for the soft-label model {self.model!r} (its output "
-                f"is a distribution over age bins); got {self.loss!r}"
-            )
-        return self
-
-    @classmethod
-    def paper(cls) -> TrainConfig:
-        """Return the plain configuration of paper 001 (Hofmann et al. 2021)."""
-        return cls(
-            model_params={"batch_norm": False},
-            lr=5e-4,
-            weight_decay=0.0,
-            schedule="constant",
-            standardize_targets=False,
-            augment=[],
-        )
+__all__ = [  # TrainConfig, MODEL_DEFAULTS and is_soft_label_model live in train.config
+    "MODEL_DEFAULTS",
+    "TrainConfig",
+    "TrainResult",
+    "fold_target_scaling",
+    "is_soft_label_model",
+    "kl_soft_label_loss",
+    "load_model",
+    "predict_volumes",
+    "save_model",
+    "train_model",
+]
 
 
 @dataclass
@@ -215,19 +72,6 @@ def fold_target_scaling(model: nn.Module, mean: float, sd: float) -> None:
 
 def _loss_fn(name: str):
     return nn.MSELoss() if name == "mse" else nn.L1Loss()
-
-
-def is_soft_label_model(name: str, params: dict | None) -> bool:
-    """Whether architecture ``name`` with ``params`` predicts a distribution over age bins.
-
-    A model class is soft-label when it has ``log_probs``; one that has an output switch says
-    which through its ``is_soft_label(params)`` (``SFCN``: ``output: soft_label``).
-    """
-    cls = MODELS[name]
-    if not callable(getattr(cls, "log_probs", None)):
-        return False
-    switch = getattr(cls, "is_soft_label", None)
-    return True if switch is None else bool(switch(dict(params or {})))
 
 
 def kl_soft_label_loss(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -306,6 +150,7 @@ def train_model(
     meta_extra: dict | None = None,
     checkpoint: str | Path | None = None,
     compartment: str | None = None,
+    monitor: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train one base model with early stopping on the validation MAE.
 
@@ -338,6 +183,9 @@ def train_model(
         001's region sub-ensembles): the architecture is built for the compartment's crop box
         and wrapped in a :class:`brainage.models.compartment.CompartmentModel`, which takes the
         full volumes. Recorded in ``model.json`` so that :func:`load_model` rebuilds it.
+    monitor : tuple of ndarray, optional
+        ``(x_test, y_test)`` whose MAE is logged every epoch as ``test_mae`` (with
+        ``config.log_test_mae``); never used for early stopping or model selection.
 
     Returns
     -------
@@ -365,13 +213,13 @@ def train_model(
         torch.manual_seed(seed)
         return _fit(
             x_train, y_train, x_val, y_val, config, seed, out_dir, progress, meta_extra, device,
-            None if checkpoint is None else Path(checkpoint), compartment,
+            None if checkpoint is None else Path(checkpoint), compartment, monitor,
         )  # fmt: skip
 
 
 def _fit(
     x_train, y_train, x_val, y_val, config, seed, out_dir, progress, meta_extra, device, ckpt_path,
-    compartment=None,
+    compartment=None, monitor=None,
 ):  # fmt: skip
     """Run the training loop of :func:`train_model` (torch's global generator already seeded)."""
     y_train = np.asarray(y_train, dtype=np.float64)
@@ -406,6 +254,7 @@ def _fit(
     zt = torch.as_tensor((y_train - mean) / sd if standardize else y_train).float()
 
     rows: list[dict] = []
+    phases: list[dict] = []  # the phase checkpoints saved so far (paper 000)
     start_epoch, best_mae, best_epoch, best_state, bad = 1, float("inf"), 0, None, 0
     if ckpt_path is not None and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
@@ -421,6 +270,7 @@ def _fit(
             ckpt["best_state"],
             ckpt["bad"],
         )
+        phases = list(ckpt.get("phases", []))
         start_epoch = ckpt["epoch"] + 1
 
     def to_years(z: np.ndarray) -> np.ndarray:
@@ -462,6 +312,10 @@ def _fit(
             n_seen += len(idx)
         val_pred = to_years(predict_volumes(model, x_val, device=device))
         val_mae = float(np.mean(np.abs(val_pred - y_val)))
+        row_extra = {}
+        if monitor is not None and config.log_test_mae and len(monitor[1]):
+            test_pred = to_years(predict_volumes(model, monitor[0], device=device))
+            row_extra["test_mae"] = float(np.mean(np.abs(test_pred - np.asarray(monitor[1]))))
         if val_mae < best_mae - 1e-6:
             best_mae, best_epoch, bad = val_mae, epoch, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -475,7 +329,11 @@ def _fit(
                 "val_mae": val_mae,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - t0,
+                **row_extra,
             }
+        )
+        phases += _save_phases(
+            model, config.phases, phases, rows[-1], out_dir, (standardize, mean, sd)
         )
         if ckpt_path is not None:
             state = {
@@ -490,6 +348,7 @@ def _fit(
                 "best_state": best_state,
                 "bad": bad,
                 "epoch": epoch,
+                "phases": phases,
             }
             with atomic_path(ckpt_path) as tmp:
                 torch.save(state, tmp)
@@ -520,6 +379,10 @@ def _fit(
             "best_val_mae": best_mae,
             "n_train": len(x_train),
             "n_validation": len(x_val),
+            "n_test_monitored": 0
+            if monitor is None or not config.log_test_mae
+            else len(monitor[1]),
+            "phases": phases,
             "config": config.to_dict(),
             **(
                 {"init_from_sha256": checkpoint_sha256(config.init_from)}
@@ -534,6 +397,33 @@ def _fit(
     return result
 
 
+def _save_phases(model, thresholds, saved, row, out_dir, scaling) -> list[dict]:
+    """Save the weights of every phase first reached at this epoch (paper 000; see TrainConfig).
+
+    Returns the new entries of ``model.json``'s ``phases``: phase (1-based), threshold, epoch,
+    val_mae, train_loss, test_mae (when monitored), file (``phase-<k>.pt``, None without
+    ``out_dir``). The weights are those of a finished model: target scaling folded in.
+    """
+    done = {p["phase"] for p in saved}
+    new = []
+    for k, threshold in enumerate(thresholds, start=1):
+        if k in done or row["val_mae"] > threshold:
+            continue
+        entry = {"phase": k, "threshold": float(threshold), "epoch": int(row["epoch"]),
+                 "val_mae": float(row["val_mae"]), "train_loss": float(row["train_loss"]),
+                 "test_mae": row.get("test_mae"), "file": None}  # fmt: skip
+        if out_dir is not None:
+            standardize, mean, sd = scaling
+            snapshot = copy.deepcopy(model).to(memory_format=torch.contiguous_format).cpu()
+            if standardize:
+                fold_target_scaling(snapshot, mean, sd)
+            entry["file"] = f"phase-{k}.pt"
+            with atomic_path(Path(out_dir) / entry["file"]) as tmp:
+                torch.save(snapshot.state_dict(), tmp)
+        new.append(entry)
+    return new
+
+
 def save_model(model: nn.Module, meta: dict, out_dir: str | Path) -> None:
     """Write ``model.pt`` (state dict) then ``model.json`` (architecture + metadata), atomically."""
     out_dir = Path(out_dir)
@@ -542,13 +432,16 @@ def save_model(model: nn.Module, meta: dict, out_dir: str | Path) -> None:
     write_json(out_dir / "model.json", meta)
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+def load_model(path: str | Path, weights: str = "model.pt") -> tuple[nn.Module, dict]:
     """Load a base model saved by :func:`train_model`.
 
     Parameters
     ----------
     path : str or Path
         Folder with ``model.json`` and ``model.pt``.
+    weights : str
+        File of the weights in that folder: ``model.pt`` (the best epoch) or a phase
+        checkpoint ``phase-<k>.pt`` (``model.json``'s ``phases``).
 
     Returns
     -------
@@ -565,6 +458,6 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
         from brainage.models.compartment import for_compartment
 
         model = for_compartment(model, meta["compartment"], meta["resolution_mm"])
-    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(path / weights, map_location="cpu", weights_only=True))
     model.eval()
     return model, meta

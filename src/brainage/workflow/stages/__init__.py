@@ -2,6 +2,7 @@
 
 from brainage.workflow.stages.evaluate import EvaluateStage, TruthStage
 from brainage.workflow.stages.explain import ExplainStage, NoiseStage
+from brainage.workflow.stages.phases import PhasesStage
 from brainage.workflow.stages.population import NativeRegionsStage, PopulationStage, RegionsStage
 from brainage.workflow.stages.predict import PredictStage
 from brainage.workflow.stages.preprocess import PreprocessStage
@@ -32,6 +33,7 @@ def ALL_STAGES() -> list:  # noqa: N802  (a constant-like factory)
         NativeRegionsStage(),
         SubgroupsStage(),
         StabilityStage(),
+        PhasesStage(),
         TruthStage(),
         EvaluateStage(),
         StatsStage(),
@@ -52,6 +54,7 @@ __all__ = [
     "ExplainStage",
     "NativeRegionsStage",
     "NoiseStage",
+    "PhasesStage",
     "PopulationStage",
     "PredictStage",
     "PreprocessStage",

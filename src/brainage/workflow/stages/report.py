@@ -17,7 +17,7 @@ class ReportStage(Stage):
     name = "report"
     version = "1"
     requires = ("predict", "population", "regions", "evaluate", "stats", "native_regions",
-                "subgroups", "stability")  # fmt: skip
+                "subgroups", "stability", "phases")  # fmt: skip
 
     def items(self, ctx: RunContext) -> list[str]:
         return ["report"]

@@ -32,14 +32,14 @@ class SplitsStage(Stage):
     def params(self, ctx: RunContext, item: str) -> dict:
         if ctx.mode == "apply":
             return {"mode": "apply"}
-        return {"split": ctx.config.split.to_dict(), "seed": ctx.config.seed}
+        return {"split": ctx.config.split.to_dict(), "seed": ctx.config.split_seed}
 
     def inputs(self, ctx: RunContext, item: str) -> dict:
         cols = [c for c in ("participant_id", "age") if c in ctx.cohort]
         return {"cohort": ctx.cohort[cols].astype(str).values.tolist()}
 
     def seed(self, ctx: RunContext, item: str) -> int | None:
-        return ctx.config.seed
+        return ctx.config.split_seed
 
     def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
         table = ctx.cohort[["participant_id", "age"]].copy()
@@ -47,11 +47,11 @@ class SplitsStage(Stage):
         if ctx.mode == "apply":
             table["split"] = "predict"
         elif sp.scheme == "kfold":
-            folds = make_folds(table, sp.n_folds, sp.validation_fraction, ctx.config.seed)
+            folds = make_folds(table, sp.n_folds, sp.validation_fraction, ctx.config.split_seed)
             table = pd.concat([table.reset_index(drop=True), folds.reset_index(drop=True)], axis=1)
         else:
             table["split"] = make_splits(
-                table, sp.test_fraction, sp.validation_fraction, ctx.config.seed
+                table, sp.test_fraction, sp.validation_fraction, ctx.config.split_seed
             ).to_numpy()
         splits = ctx.layout.file("splits.tsv")
         write_tsv(splits, table)

@@ -12,6 +12,8 @@ checkpoint of other inputs is never resumed.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from brainage.io.nifti import save_nifti
@@ -126,7 +128,10 @@ class TrainStage(Stage):
         return ctx.subjects_in("train", "validation", fold=parse_model_item(item)[0])
 
     def depends(self, ctx: RunContext, item: str) -> list[tuple[str, str]]:
-        return [("preprocess", p) for p in self._subjects(ctx, item)]
+        pids = self._subjects(ctx, item)
+        if ctx.config.train.log_test_mae and is_network(item):
+            pids = pids + ctx.subjects_in("test", fold=parse_model_item(item)[0])
+        return [("preprocess", p) for p in pids]
 
     def params(self, ctx: RunContext, item: str) -> dict:
         if not is_network(item):  # a learner depends on the model grid only
@@ -148,6 +153,9 @@ class TrainStage(Stage):
     def inputs(self, ctx: RunContext, item: str) -> dict:
         fold = parse_model_item(item)[0]
         inputs = {"subjects": _subject_inputs(ctx, self._subjects(ctx, item), fold)}
+        if ctx.config.train.log_test_mae and is_network(item):  # monitored, never selected on
+            ages = ctx.ages()
+            inputs["monitored"] = [[p, ages[p]] for p in ctx.subjects_in("test", fold=fold)]
         if ctx.config.train.init_from is not None and is_network(item):  # the file's bytes
             from brainage.train.pretrained import checkpoint_sha256
 
@@ -180,7 +188,7 @@ class TrainStage(Stage):
         ages = ctx.ages()
         cfg = ctx.config.train
         folder = ctx.layout.model_dir(name, fold)
-        for old in ("model.json", "model.pt", "training_log.tsv"):
+        for old in ("model.json", "model.pt", "training_log.tsv", *folder.glob("phase-*.pt")):
             (folder / old).unlink(missing_ok=True)  # outputs of other inputs go first
         if seed is None:
             return self._fit_learner(ctx, name, tr, folder)
@@ -203,13 +211,23 @@ class TrainStage(Stage):
                 progress=tick,
                 checkpoint=ckpt,
                 compartment=model_region(name),
+                monitor=self._monitor(ctx, fold) if cfg.log_test_mae else None,
             )
         finally:
             bar.close()
         for stale in ckpt_dir.glob(f"{item}_*.pt"):
             stale.unlink(missing_ok=True)
         outputs = {n: folder / n for n in ("model.pt", "model.json", "training_log.tsv")}
+        phases = json.loads((folder / "model.json").read_text()).get("phases", [])
+        outputs |= {f"phase-{p['phase']}": folder / p["file"] for p in phases if p["file"]}
         return ItemResult(outputs, seed=seed)
+
+    @staticmethod
+    def _monitor(ctx: RunContext, fold: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Return the fold's test subjects and ages, logged per epoch (``train.log_test_mae``)."""
+        ages = ctx.ages()
+        te = [p for p in ctx.subjects_in("test", fold=fold) if np.isfinite(ages[p])]
+        return ctx.stack(te), np.array([ages[p] for p in te])
 
     def _fit_learner(self, ctx: RunContext, name: str, train: list[str], folder) -> ItemResult:
         """Fit a non-CNN learner on the training subjects (closed form; no validation used)."""
