@@ -264,6 +264,42 @@ def simulate(
     )
 
 
+@app.command()
+def study(
+    study_file: Annotated[Path, typer.Argument(help="Study file (YAML): conditions × seeds.")],
+    out: OutOpt,
+    bids: BidsOpt = None,
+    table: TableOpt = None,
+    config: ConfigOpt = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="serial | processes | dask (a local cluster).")
+    ] = "processes",
+    n_jobs: Annotated[int, typer.Option("--n-jobs", help="Local workers.", min=1)] = 2,
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Address of a running Dask scheduler (tcp://host:8786)."),
+    ] = None,
+    participant_label: LabelOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a multi-seed × condition study (paper 000); rerun the same command to resume."""
+    from brainage.config import read_yaml
+    from brainage.study import read_study, run_study
+
+    spec = read_study(study_file)
+    base = read_yaml(config) if config is not None else None
+    cohort = _cohort(bids, table, False, participant_label)
+    result = run_study(spec, cohort, out, base=base, backend=backend, n_jobs=n_jobs,
+                       scheduler=scheduler, progress=not quiet)  # fmt: skip
+    if result.failed:
+        typer.echo(
+            f"{len(result.failed)} of {len(result.runs)} run(s) failed: "
+            f"{', '.join(result.failed[:5])}; see {result.out_dir / 'runs.tsv'}. Rerun to retry.",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
 @app.command(name="methods")
 def list_explanation_methods() -> None:
     """List the registered explanation methods."""

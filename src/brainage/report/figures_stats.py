@@ -17,7 +17,9 @@ CATEGORY_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4
                    "#000000"]  # fmt: skip
 
 
-def glass_brain_figure(img, title: str | None = None, outline=None) -> Figure:
+def glass_brain_figure(
+    img, title: str | None = None, outline=None, vmax: float | None = None
+) -> Figure:
     """Maximum-intensity projections of a signed map in MNI152 space (nilearn glass brain).
 
     Parameters
@@ -27,6 +29,9 @@ def glass_brain_figure(img, title: str | None = None, outline=None) -> Figure:
     title : str, optional
     outline : nibabel.Nifti1Image, optional
         Binary image (e.g. the significant voxels) drawn as a contour on every projection.
+    vmax : float, optional
+        Colour scale ±vmax (default: the map's largest absolute value); give one value to
+        figures that are compared.
 
     Returns
     -------
@@ -35,7 +40,7 @@ def glass_brain_figure(img, title: str | None = None, outline=None) -> Figure:
     from nilearn import plotting
 
     data = np.asarray(img.dataobj, np.float64)
-    vmax = float(np.abs(data).max()) or 1.0
+    vmax = float(vmax) if vmax else float(np.abs(data).max()) or 1.0
     fig = Figure(figsize=(9.0, 2.6))
     display = plotting.plot_glass_brain(
         img, display_mode="lyrz", figure=fig, title=title, colorbar=True, plot_abs=False,

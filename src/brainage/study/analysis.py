@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 #: Columns of :func:`phase_table`.
-PHASE_COLUMNS = ["condition", "seed", "phase", "threshold", "reached", "epoch", "val_mae"]
+PHASE_COLUMNS = ["condition", "seed", "fold", "phase", "threshold", "reached", "epoch", "val_mae",
+                 "train_loss", "test_mae"]  # fmt: skip
 
 
 def phase_table(logs: dict, thresholds) -> pd.DataFrame:
@@ -16,36 +17,42 @@ def phase_table(logs: dict, thresholds) -> pd.DataFrame:
 
     Parameters
     ----------
-    logs : dict of (str, int) → pandas.DataFrame
-        ``(condition, seed)`` → the training log (columns ``epoch`` and ``val_mae``, years; one
-        row per epoch, i.e. per checkpoint).
+    logs : dict of tuple → pandas.DataFrame
+        ``(condition, seed)`` or ``(condition, seed, fold)`` (cross-fitting: one base model per
+        outer fold) → the training log (columns ``epoch`` and ``val_mae``, years, and where
+        logged ``train_loss`` and ``test_mae``; one row per epoch, i.e. per checkpoint).
     thresholds : sequence of float
         Decreasing validation-MAE thresholds, years (paper 000: 32, 22, …).
 
     Returns
     -------
     pandas.DataFrame
-        :data:`PHASE_COLUMNS`, one row per (condition, seed, phase); ``phase`` is 1-based;
-        ``reached`` False (epoch and val_mae NaN) when the seed never got that low — a cohort
-        or setup where a threshold is out of reach shows as phases no seed reached, never as a
-        silently shorter table.
+        :data:`PHASE_COLUMNS`, one row per (condition, seed, fold, phase); ``phase`` is 1-based,
+        ``fold`` NaN for 2-tuple keys; ``reached`` False (epoch and MAEs NaN) when the model
+        never got that low — a cohort or setup where a threshold is out of reach shows as
+        phases no seed reached, never as a silently shorter table.
     """
     rows = []
-    for (condition, seed), log in logs.items():
+    for key, log in logs.items():
+        condition, seed = key[:2]
+        fold = key[2] if len(key) > 2 else np.nan
         epochs = np.asarray(log["epoch"], float)
         mae = np.asarray(log["val_mae"], float)
         for k, threshold in enumerate(thresholds, start=1):
             hit = np.flatnonzero(mae <= threshold)
-            row = {"condition": condition, "seed": seed, "phase": k,
+            row = {"condition": condition, "seed": seed, "fold": fold, "phase": k,
                    "threshold": float(threshold), "reached": bool(len(hit))}  # fmt: skip
             if len(hit):
                 row |= {"epoch": float(epochs[hit[0]]), "val_mae": float(mae[hit[0]])}
+                for col in ("train_loss", "test_mae"):
+                    if col in log:
+                        row[col] = float(np.asarray(log[col], float)[hit[0]])
             rows.append(row)
     return pd.DataFrame(rows, columns=PHASE_COLUMNS)
 
 
 def phase_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Paper 000's Table 2: per condition and phase, how many seeds reached it, when and how low.
+    """Paper 000's Table 2: per condition and phase, how many checkpoints reached it, when, how low.
 
     Parameters
     ----------
@@ -55,18 +62,27 @@ def phase_summary(table: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        ``condition``, ``phase``, ``threshold``, ``n_seeds``, ``n_reached``, ``mean_epoch``,
-        ``sd_epoch``, ``mean_val_mae`` (means over the seeds that reached the phase).
+        ``condition``, ``phase``, ``threshold``, ``n_models`` (base models: seeds × folds),
+        ``n_reached`` (checkpoints reaching the phase), ``n_seeds`` and ``n_seeds_reached`` (a
+        seed reaches a phase when all its folds' models do), ``mean_epoch``, ``sd_epoch``,
+        ``mean_val_mae``, ``mean_train_loss``, ``mean_test_mae`` (means over the checkpoints
+        that reached the phase; NaN where none did or the column was not logged).
     """
     out = []
     for (cond, phase), g in table.groupby(["condition", "phase"], sort=False):
         hit = g[g["reached"]]
+        by_seed = g.groupby("seed")["reached"].all()
+
+        def mean(col, hit=hit):
+            return hit[col].mean() if col in hit and len(hit) else np.nan
+
         out.append({"condition": cond, "phase": int(phase),
-                    "threshold": float(g["threshold"].iloc[0]), "n_seeds": len(g),
-                    "n_reached": len(hit),
-                    "mean_epoch": hit["epoch"].mean() if len(hit) else np.nan,
+                    "threshold": float(g["threshold"].iloc[0]), "n_models": len(g),
+                    "n_reached": len(hit), "n_seeds": len(by_seed),
+                    "n_seeds_reached": int(by_seed.sum()), "mean_epoch": mean("epoch"),
                     "sd_epoch": hit["epoch"].std(ddof=1) if len(hit) > 1 else np.nan,
-                    "mean_val_mae": hit["val_mae"].mean() if len(hit) else np.nan})  # fmt: skip
+                    "mean_val_mae": mean("val_mae"), "mean_train_loss": mean("train_loss"),
+                    "mean_test_mae": mean("test_mae")})  # fmt: skip
     return pd.DataFrame(out)
 
 
