@@ -1,5 +1,7 @@
 """Study design and analyses (paper 000, METHODS §7): expansion, phases, agreement, t-tests."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,3 +114,16 @@ def test_condition_ttests_equal_scipy_welch():
     assert table.loc["best_mae", "p"] == pytest.approx(ref.pvalue)
     assert table.loc["best_mae", "diff"] == pytest.approx(res.best_mae[:5].mean() -
                                                           res.best_mae[5:].mean())  # fmt: skip
+
+
+STUDIES = sorted((Path(__file__).resolve().parents[1] / "configs" / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_example_study_files_expand(path):
+    study = read_study(path)
+    runs = expand_study(study)
+    assert len(runs) == len(study.conditions) * len(study.seed_list())
+    for r in runs:  # the study's phases, split seed and monitored test MAE reach every run
+        assert r.config.train.phases == study.phases and r.config.train.log_test_mae
+        assert r.config.split_seed == study.split_seed

@@ -2,8 +2,9 @@
 
 ``run_study`` expands the study file into one validated run configuration per (condition, seed)
 (:func:`~brainage.study.design.expand_study`), preprocesses each distinct ``preprocess``
-section once into ``shared/preproc-<hash>/`` (subjects in parallel on the executor), gives every
-run the records of its shared preprocessing, then runs the (condition, seed) tasks — serially, in
+section (and model grid) once into ``shared/preproc-<hash>/`` — the scans and their stack on the
+model grid, subjects in parallel on the executor — gives every run the records of its shared
+preprocessing (:data:`SHARED_STAGES`), then runs the (condition, seed) tasks — serially, in
 local worker processes or on a Dask cluster — and summarises the finished runs
 (:mod:`brainage.study.summary`) into tables, maps and ``report.html``.
 
@@ -52,6 +53,9 @@ class StudyResult:
         Items computed per run (0 everywhere on a rerun of a finished study).
     report : Path or None
     seconds : float
+        Wall time of the whole study.
+    task_seconds : float
+        Wall time of the (condition, seed) tasks alone (after the shared preprocessing).
     """
 
     out_dir: Path
@@ -60,11 +64,19 @@ class StudyResult:
     computed: dict = field(default_factory=dict)
     report: Path | None = None
     seconds: float = 0.0
+    task_seconds: float = 0.0
+
+
+#: Stages a study computes once per preprocessing group and shares with its runs.
+SHARED_STAGES = ("preprocess", "volumes")
 
 
 def preprocessing_key(cfg) -> str:
-    """Return the 12-hex-digit key of a run's ``preprocess`` section (shared by equal ones)."""
-    return stable_hash(cfg.preprocess.to_dict(), length=12)
+    """Return the 12-hex-digit key of a run's preprocessing (``preprocess`` + model grid).
+
+    Runs with equal keys share the preprocessed scans and their stack on the model grid.
+    """
+    return stable_hash(cfg.preprocess.to_dict(), cfg.train.resolution_mm, length=12)
 
 
 def run_study(
@@ -134,7 +146,9 @@ def run_study(
     cohorts, failures = _shared_preprocessing(runs, cohort, layout, executor, progress)
     setup_logging(layout.log, console=progress)
     specs = [_task_spec(r, cohorts[preprocessing_key(r.config)], layout, study) for r in runs]
+    t_tasks = time.perf_counter()
     outcomes = _run_tasks(specs, executor, progress, retries)
+    task_seconds = time.perf_counter() - t_tasks
     setup_logging(layout.log, console=progress)
     rows, failed, computed = [], [], {}
     for r, spec in zip(runs, specs, strict=True):
@@ -175,7 +189,7 @@ def run_study(
             "computed": computed,
         },  # fmt: skip
     )
-    return StudyResult(layout.root, table, failed, computed, report, seconds)
+    return StudyResult(layout.root, table, failed, computed, report, seconds, task_seconds)
 
 
 def _dump_study(study: StudyConfig) -> str:
@@ -212,7 +226,7 @@ def _shared_preprocessing(runs, cohort: Cohort, layout: StudyLayout, executor, p
         names = [r.name for r in runs if preprocessing_key(r.config) == key]
         log.info("preprocessing %s (register: %s) for %d run(s)", folder.name,
                  cfg.preprocess.register, len(names))  # fmt: skip
-        run_pipeline(cohort, folder, shared_cfg, progress=progress, targets=["preprocess"])
+        run_pipeline(cohort, folder, shared_cfg, progress=progress, targets=list(SHARED_STAGES))
         from brainage.io.layout import RunLayout
 
         done = read_records(RunLayout(folder, cfg.train.resolution_mm), "preprocess")
@@ -283,7 +297,8 @@ def run_task(spec: dict) -> dict:
 
     t0 = time.perf_counter()
     run_dir = Path(spec["run_dir"])
-    share_records(Path(spec["shared"]), run_dir)
+    for stage in SHARED_STAGES:
+        share_records(Path(spec["shared"]), run_dir, stage)
     truth = spec.get("truth_dir")
     cohort = Cohort(pd.DataFrame(spec["table"]), spec["source"], [], truth and Path(truth))
     result = run_pipeline(
