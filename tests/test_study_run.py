@@ -204,3 +204,37 @@ def test_share_records_points_a_run_at_the_shared_outputs(cohort, undisturbed):
         for r in recs.values()
         for p in r.outputs.values()
     )
+
+
+def test_a_failing_condition_is_reported_and_a_changed_condition_reruns_only_itself(tmp_path):
+    """Serial study: one condition cannot train (no validation subjects), the other finishes;
+    changing the finished condition's epochs retrains only its run and reuses the preprocessing."""
+    from brainage.simulate import simulate_cohort
+
+    bids = simulate_cohort(tmp_path / "bids", n_subjects=16, resolution_mm=4.0, seed=5,
+                           progress=False)  # fmt: skip
+    c = read_bids(bids)
+    base = merge(BASE, {"train": {"epochs": 1}, "split": {"test_fraction": 0.25}})
+    study = StudyConfig(
+        name="fails",
+        seeds=[4],
+        phases=[30.0],
+        conditions={"ok": {}, "broken": {"split": {"validation_fraction": 0.0}}},
+    )
+    res = run_study(study, c, tmp_path / "s", base=base, backend="serial", progress=False,
+                    retries=0)  # fmt: skip
+    status = res.runs.set_index("condition")["status"].to_dict()
+    assert status == {"ok": "finished", "broken": "failed"} and res.failed == ["cond-broken_seed-4"]
+    err = res.runs.set_index("condition").loc["broken", "error"]
+    assert "validation" in err
+    assert (tmp_path / "s" / "report.html").exists()  # the finished runs are summarised
+    # a changed input of one condition reruns that run's training and what follows, nothing else
+    changed = {"ok": {"train": {"epochs": 2}}, "broken": study.conditions["broken"]}
+    study2 = study.model_copy(update={"conditions": changed})
+    res2 = run_study(study2, c, tmp_path / "s", base=base, backend="serial", progress=False,
+                     retries=0)  # fmt: skip
+    ok = res2.computed["cond-ok_seed-4"]
+    assert ok["preprocess"] == 0 and ok["volumes"] == 0 and ok["splits"] == 0
+    assert ok["train"] >= 1 and ok["predict"] == 1 and ok["phases"] == 1
+    runs = pd.read_csv(StudyLayout(tmp_path / "s").table("curves"), sep="\t")
+    assert runs[runs["condition"] == "ok"]["epoch"].max() == 2

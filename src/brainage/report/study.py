@@ -189,7 +189,7 @@ def build_study_context(layout, study, method: str | None, resolution_mm: float)
             ["metric", "a", "b", "n_a", "n_b", "mean_a", "mean_b", "diff", "t", "df", "p"],
         ),  # fmt: skip
         "n_failures": 0 if t["failures"] is None else len(t["failures"]),
-        "figs": {},
+        "figs": {"mae": None, "curves": None, "agreement": None},
     }
     figs = ctx["figs"]
     if done is not None and len(done) and done["best_mae"].notna().any():

@@ -35,7 +35,7 @@ from brainage.utils import stable_hash
 log = logging.getLogger("brainage")
 
 #: Columns of ``runs.tsv`` written by the runner (the summary adds the MAE columns).
-RUN_COLUMNS = ["run", "condition", "seed", "status", "seconds", "error"]
+RUN_COLUMNS = ["run", "condition", "seed", "status", "seconds", "max_rss_mb", "error"]
 
 
 @dataclass
@@ -162,6 +162,7 @@ def run_study(
         rows.append({"run": r.name, "condition": r.condition, "seed": r.seed,
                      "status": "finished" if ok else "failed",
                      "seconds": round(out["seconds"], 1) if ok else None,
+                     "max_rss_mb": out.get("max_rss_mb") if ok else None,
                      "error": None if ok else _one_line(out)})  # fmt: skip
     table = pd.DataFrame(rows, columns=RUN_COLUMNS)
     write_tsv(layout.table("failures"), failures)
@@ -290,7 +291,8 @@ def run_task(spec: dict) -> dict:
     Returns
     -------
     dict
-        ``name``, ``computed`` (items per stage), ``seconds``.
+        ``name``, ``computed`` (items per stage), ``seconds``, ``max_rss_mb`` (peak resident
+        memory of the worker process so far, MiB: what a cluster job must provide).
     """
     from brainage.config import Config
     from brainage.workflow.api import run as run_pipeline
@@ -305,7 +307,15 @@ def run_task(spec: dict) -> dict:
         cohort, run_dir, Config(**spec["config"]), progress=False, targets=spec["targets"]
     )
     return {"name": spec["name"], "computed": result.computed,
-            "seconds": time.perf_counter() - t0}  # fmt: skip
+            "seconds": time.perf_counter() - t0, "max_rss_mb": _max_rss_mb()}  # fmt: skip
+
+
+def _max_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def _run_tasks(specs: list[dict], executor: dict, progress: bool, retries: int) -> dict:
