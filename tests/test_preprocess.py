@@ -374,3 +374,54 @@ def test_affine_registration_recovers_a_known_motion(tmp_path):
     assert os.path.getsize(row["inverse_xfm"]) > 0
     # seeded: the second run gave the same transform, bit for bit
     assert Path(again["xfm"]).read_bytes() == Path(row["xfm"]).read_bytes()
+
+
+def test_native_brain_cache_is_shared_by_content_and_changes_nothing(mni_image, tmp_path):
+    """Skull stripping / N4 run once per scan for preprocessings that differ only afterwards."""
+    path, _ = mni_image
+    n4 = FAST.model_copy(update={"bias_correct": True})
+    cache = tmp_path / "native"
+    first = preprocess_subject("sub-01", path, tmp_path / "a", n4, native_cache=cache)
+    assert len(list(cache.glob("*_desc-brain_T1w.json"))) == 1
+    z = n4.model_copy(update={"intensity": "zscore"})
+    second = preprocess_subject("sub-01", path, tmp_path / "b", z, native_cache=cache)
+    timings = json.loads(Path(second["preproc"]).with_name("sub-01_desc-preproc_T1w.json")
+                         .read_text())["seconds"]  # fmt: skip
+    assert "reading the native brain" in timings and "N4 bias-field correction" not in timings
+    # the same bits as a computation with an empty cache
+    fresh = preprocess_subject("sub-01", path, tmp_path / "c", z, native_cache=tmp_path / "new")
+    np.testing.assert_array_equal(
+        nib.load(second["preproc"]).get_fdata(), nib.load(fresh["preproc"]).get_fdata()
+    )
+    assert nib.load(first["preproc"]).get_fdata().max() == pytest.approx(1.0)  # min-max
+    # another scan (other bytes) is another cache entry
+    other = write(tmp_path / "in" / "s2_T1w.nii.gz", blob(template_grid(RES), seed=9),
+                  template_grid(RES).affine)  # fmt: skip
+    preprocess_subject("sub-02", other, tmp_path / "a", n4, native_cache=cache)
+    assert len(list(cache.glob("*_desc-brain_T1w.json"))) == 2
+
+
+def test_rigid_registration_moves_but_does_not_resize(tmp_path):
+    """Paper 000's non-registered condition: a 12 % larger, moved brain is put back in place
+    (rotation and shift undone) but keeps its size; affine registration removes the size."""
+    tpl = load_template(2.0)
+    brain = (tpl["t1w"].get_fdata() * (tpl["mask"].get_fdata() > 0)).astype(np.float32)
+    angle = np.deg2rad(6.0)
+    motion = np.diag([1.12, 1.12, 1.12, 1.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                    [0, 0, 1]])  # fmt: skip
+    motion[:3, :3] = rot @ motion[:3, :3]
+    motion[:3, 3] = [5.0, -4.0, 3.0]
+    path = write(tmp_path / "big.nii.gz", brain, motion @ tpl["t1w"].affine)
+    tpl_mask = load_template(4.0)["mask"].get_fdata() > 0
+    volumes = {}
+    for kind in ("rigid", "affine"):
+        cfg = PreprocessConfig(resolution_mm=4.0, skull_strip=False, bias_correct=False,
+                               register=kind)  # fmt: skip
+        row = preprocess_subject("sub-big", path, tmp_path / kind, cfg)
+        mask = nib.load(row["mask"]).get_fdata() > 0
+        volumes[kind] = mask.sum() / tpl_mask.sum()
+        if kind == "rigid":  # centred on the template: it contains the template brain
+            assert (mask & tpl_mask).sum() / tpl_mask.sum() > 0.97
+    assert volumes["rigid"] == pytest.approx(1.12**3, rel=0.08)
+    assert volumes["affine"] == pytest.approx(1.0, abs=0.06)

@@ -145,11 +145,80 @@ def _row(participant_id, files, reg_quality, seconds: dict) -> dict:
     }
 
 
+def native_brain_key(input_hash: str, config: PreprocessConfig) -> str:
+    """Cache key of a subject's native-space brain: input bytes, the steps before registration.
+
+    Skull stripping and N4 do not depend on the registration, intensity scaling or grid, so
+    conditions of a study that differ only there share them (:func:`preprocess_subject`'s
+    ``native_cache``). The key holds the SHA-256 of the input, ``skull_strip``,
+    ``bias_correct``, ``n4_shrink_factor``, :data:`PREPROC_VERSION` and the versions of deepbet
+    and ANTsPy.
+    """
+    from brainage.utils import stable_hash
+
+    versions = _versions()
+    return stable_hash(input_hash, config.skull_strip, config.bias_correct,
+                       config.n4_shrink_factor, PREPROC_VERSION, versions["deepbet"],
+                       versions["antspyx"], length=24)  # fmt: skip
+
+
+def _native_brain(img, input_hash, pid, t1w_path, config, timer, check, cache):
+    """Skull-stripped (mask) and N4-corrected image in native space, cached by content.
+
+    With ``cache`` the result is written there (atomically, the sidecar last) and always read
+    back, so a cached and a fresh computation give the same bits downstream.
+    """
+    if cache is None or not (config.skull_strip or config.bias_correct):
+        return _compute_native_brain(img, pid, t1w_path, config, timer, check)
+    key = native_brain_key(input_hash, config)
+    folder = Path(cache)
+    image_path = folder / f"{key}_desc-brain_T1w.nii.gz"
+    mask_path = folder / f"{key}_desc-brain_mask.nii.gz"
+    meta_path = folder / f"{key}_desc-brain_T1w.json"
+    if not (meta_path.exists() and image_path.exists() and mask_path.exists()):
+        brain, mask, volume = _compute_native_brain(img, pid, t1w_path, config, timer, check)
+        save_nifti(np.asarray(brain.dataobj, np.float32), brain.affine, image_path)
+        save_nifti(mask.astype(np.uint8), brain.affine, mask_path, np.uint8)
+        write_json(meta_path, {"participant_id": pid, "input_hash": input_hash,
+                               "brain_volume_cm3": float(volume), "key": key})  # fmt: skip
+    import json
+
+    with _step("reading the native brain", pid, image_path, timer, "delete the cache file"):
+        cached = nib.load(str(image_path))
+        brain = nib.Nifti1Image(np.asarray(cached.dataobj, np.float32), cached.affine)
+        mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0
+        volume = json.loads(meta_path.read_text())["brain_volume_cm3"]
+    return brain, mask, volume
+
+
+def _compute_native_brain(img, pid, t1w_path, config, timer, check):
+    """Return the (N4-corrected) image, its brain mask and the brain volume in cm³."""
+    if config.skull_strip:
+        with _step("skull stripping (deepbet)", pid, t1w_path, timer, check):
+            mask = steps.deepbet_mask(img)
+            volume = mask.sum() * float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+            low, high = steps.BRAIN_VOLUME_CM3
+            if not low <= volume <= high:
+                raise InputError(
+                    f"skull stripping found an implausible brain volume of {volume:.0f} cm³ "
+                    f"(expected {low:.0f}-{high:.0f})",
+                    "check that the image is a T1w head scan with a correct header",
+                )
+    else:
+        mask = np.asarray(img.dataobj) > 0
+        volume = mask.sum() * float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+    if config.bias_correct:
+        with _step("N4 bias-field correction", pid, t1w_path, timer, check):
+            img = steps.n4_correct(img, mask, config.n4_shrink_factor)
+    return img, mask, volume
+
+
 def preprocess_subject(
     participant_id: str,
     t1w_path: str | Path,
     out_dir: str | Path,
     config: PreprocessConfig | None = None,
+    native_cache: str | Path | None = None,
 ) -> dict:
     """Preprocess one T1w scan into template space (see the module docstring).
 
@@ -164,6 +233,11 @@ def preprocess_subject(
         Run output folder ``OUT``; files go to ``OUT/preproc/sub-<id>/anat``.
     config : PreprocessConfig, optional
         Defaults to ``PreprocessConfig()`` (2 mm, deepbet, N4, affine, min-max).
+    native_cache : str or Path, optional
+        Folder of native-space brains (skull-stripped, N4-corrected) keyed by
+        :func:`native_brain_key`: reused when present, written when not. Preprocessings that
+        differ only in registration, intensity scaling or grid then strip and correct each
+        scan once.
 
     Returns
     -------
@@ -215,23 +289,9 @@ def preprocess_subject(
     grid = template_grid(config.resolution_mm)
     check = "check the image and its QC picture, or exclude the subject"
     with tempfile.TemporaryDirectory(prefix="brainage-preproc-") as work:
-        if config.skull_strip:
-            with _step("skull stripping (deepbet)", pid, t1w_path, timer, check):
-                mask = steps.deepbet_mask(img)
-                volume = mask.sum() * float(np.prod(img.header.get_zooms()[:3])) / 1000.0
-                low, high = steps.BRAIN_VOLUME_CM3
-                if not low <= volume <= high:
-                    raise InputError(
-                        f"skull stripping found an implausible brain volume of {volume:.0f} cm³ "
-                        f"(expected {low:.0f}-{high:.0f})",
-                        "check that the image is a T1w head scan with a correct header",
-                    )
-        else:
-            mask = np.asarray(img.dataobj) > 0
-            volume = mask.sum() * float(np.prod(img.header.get_zooms()[:3])) / 1000.0
-        if config.bias_correct:
-            with _step("N4 bias-field correction", pid, t1w_path, timer, check):
-                img = steps.n4_correct(img, mask, config.n4_shrink_factor)
+        img, mask, volume = _native_brain(
+            img, input_hash, pid, t1w_path, config, timer, check, native_cache
+        )
         with _step("registration", pid, t1w_path, timer, check):
             if config.register == "none":
                 forward = inverse = steps.write_identity_transform(Path(work) / "identity.mat")

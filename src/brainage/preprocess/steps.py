@@ -186,7 +186,8 @@ def register_to_template(
     The moving image is first centred on the template by the centres of mass; then ANTs
     ``Affine`` (mutual information, 32 bins, 20 % regular random sampling, shrink 6-4-2-1,
     smoothing 3-2-1-0 voxels; Avants et al. 2011), ``Rigid`` (the same, 6 parameters) or
-    ``SyN`` (affine + symmetric diffeomorphic normalisation) is run against the template at :data:`REGISTRATION_RESOLUTION_MM`.
+    ``SyN`` (affine + symmetric diffeomorphic normalisation) is run against the template at
+    :data:`REGISTRATION_RESOLUTION_MM`.
 
     Parameters
     ----------
@@ -204,7 +205,8 @@ def register_to_template(
         Transform files. ``forward`` resamples a native image into template space
         (``ants.apply_transforms(fixed=template, moving=native, transformlist=[forward])``);
         ``inverse`` the other way. For ``"affine"`` and ``"rigid"`` both are ``.mat`` (the
-        inverse written explicitly, so no ``whichtoinvert`` is needed), for ``"syn"`` composite ``.h5`` files.
+        inverse written explicitly, so no ``whichtoinvert`` is needed), for ``"syn"`` composite
+        ``.h5`` files.
     """
     import ants
 

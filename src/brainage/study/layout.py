@@ -5,6 +5,7 @@ Layout of ``STUDY_OUT``::
     study.yaml                          the resolved study file (every default written)
     shared/preproc-<hash>/              preprocessing shared by the conditions with the same
                                         ``preprocess`` section (a run folder: preproc/, records/)
+    shared/native/                      skull-stripped, N4-corrected native brains (by content)
     runs/cond-<c>_seed-<n>/             one run folder per (condition, seed) (RunLayout)
     runs.tsv                            one row per run: status, best / last test MAE, epochs
     curves.tsv                          validation and test MAE per epoch of every base model
@@ -48,6 +49,11 @@ class StudyLayout:
     def shared(self, key: str) -> Path:
         """Folder of a shared preprocessing: ``STUDY_OUT/shared/preproc-<key>``."""
         return self.root / "shared" / f"preproc-{key}"
+
+    @property
+    def native_cache(self) -> Path:
+        """Skull-stripped, N4-corrected native brains of every group: ``shared/native``."""
+        return self.root / "shared" / "native"
 
     def run(self, name: str) -> Path:
         """Run folder of one (condition, seed): ``STUDY_OUT/runs/<name>``."""

@@ -3,7 +3,8 @@
 ``run_study`` expands the study file into one validated run configuration per (condition, seed)
 (:func:`~brainage.study.design.expand_study`), preprocesses each distinct ``preprocess``
 section (and model grid) once into ``shared/preproc-<hash>/`` — the scans and their stack on the
-model grid, subjects in parallel on the executor — gives every run the records of its shared
+model grid, subjects in parallel on the executor, the skull stripping and N4 of each scan once
+for all groups (``shared/native/``) — gives every run the records of its shared
 preprocessing (:data:`SHARED_STAGES`), then runs the (condition, seed) tasks — serially, in
 local worker processes or on a Dask cluster — and summarises the finished runs
 (:mod:`brainage.study.summary`) into tables, maps and ``report.html``.
@@ -227,7 +228,8 @@ def _shared_preprocessing(runs, cohort: Cohort, layout: StudyLayout, executor, p
         names = [r.name for r in runs if preprocessing_key(r.config) == key]
         log.info("preprocessing %s (register: %s) for %d run(s)", folder.name,
                  cfg.preprocess.register, len(names))  # fmt: skip
-        run_pipeline(cohort, folder, shared_cfg, progress=progress, targets=list(SHARED_STAGES))
+        run_pipeline(cohort, folder, shared_cfg, progress=progress, targets=list(SHARED_STAGES),
+                     native_cache=layout.native_cache)  # fmt: skip
         from brainage.io.layout import RunLayout
 
         done = read_records(RunLayout(folder, cfg.train.resolution_mm), "preprocess")

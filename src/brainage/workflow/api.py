@@ -196,6 +196,7 @@ def run(
     progress: bool = True,
     targets=("report",),
     work_dir: str | Path | None = None,
+    native_cache: str | Path | None = None,
 ) -> RunResult:
     """Run the whole pipeline (or up to ``targets``) on a cohort.
 
@@ -214,6 +215,9 @@ def run(
         Stages to bring up to date, with everything upstream (default: all, up to the report).
     work_dir : str or Path, optional
         Folder for deletable caches (default ``out_dir/work``).
+    native_cache : str or Path, optional
+        Folder of skull-stripped, N4-corrected native brains keyed by content (default
+        ``<work_dir>/native``); runs that share it strip and correct each scan once.
 
     Returns
     -------
@@ -226,7 +230,8 @@ def run(
     """
     cfg = config if config is not None else load_config()
     layout = RunLayout(Path(out_dir), cfg.train.resolution_mm, work_dir)
-    ctx = _context(cohort, layout, cfg, progress)
+    cache = Path(native_cache).expanduser().resolve() if native_cache is not None else None
+    ctx = _context(cohort, layout, cfg, progress, native_cache=cache)
     _check_cohort_columns(cfg, ctx.cohort)
     return _execute(ctx, list(targets), ALL_STAGES())
 

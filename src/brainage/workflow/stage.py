@@ -83,6 +83,9 @@ class RunContext:
     roles : dict of int to dict of str to str
         Cross-fitting (``split.scheme: kfold``): ``fold → participant_id → role`` (``train``,
         ``validation``, ``test`` or ``predict``) in that outer fold; empty for ``holdout``.
+    native_cache : Path or None
+        Folder of native-space brains (skull-stripped, N4-corrected) keyed by content, shared
+        by preprocessings that differ only after those steps (default ``OUT/work/native``).
     """
 
     layout: RunLayout
@@ -97,10 +100,13 @@ class RunContext:
     failure_stage: dict = field(default_factory=dict)
     progress: bool = True
     roles: dict = field(default_factory=dict)
+    native_cache: Path | None = None
 
     def __post_init__(self) -> None:
         if self.models is None:
             self.models = self.layout
+        if self.native_cache is None:
+            self.native_cache = self.layout.work / "native"
 
     # ------------------------------------------------------------------ cohort helpers
     def ok_subjects(self) -> list[str]:

@@ -49,7 +49,9 @@ class PreprocessStage(Stage):
     def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
         from brainage.preprocess import preprocess_subject
 
-        row = preprocess_subject(item, self._t1w(ctx, item), ctx.layout.root, ctx.config.preprocess)
+        row = preprocess_subject(
+            item, self._t1w(ctx, item), ctx.layout.root, ctx.config.preprocess, ctx.native_cache
+        )
         files = {k: row[k] for k in ("preproc", "mask", "xfm", "inverse_xfm", "qc_png")}
         return ItemResult(
             files,
