@@ -142,3 +142,29 @@ def test_config_unknown_key_did_you_mean(tmp_path):
     p.write_text("ensemble:\n  n_seeds: 4\ntrain:\n  model_params: {dense: 32}\n")
     cfg = load_config(p)
     assert seeds_of(cfg) == [0, 1, 2, 3] and cfg.train.model_params["dense"] == 32
+
+
+def test_augmentation_distances_are_millimetres_on_the_model_grid():
+    """Paper 000's elastic 7.5 mm and the ±4 mm translation are converted to voxels."""
+    import torch
+    import torchio as tio
+
+    from brainage.data.augment import ELASTIC_MM, TRANSLATION_MM, build_augmentation
+
+    for voxel_mm in (1.0, 4.0):
+        one_of = build_augmentation(["affine", "elastic"], voxel_mm=voxel_mm)
+        kinds = {type(t): t for t in one_of.transforms_dict}
+        elastic = kinds[tio.RandomElasticDeformation]
+        assert np.allclose(elastic.max_displacement, ELASTIC_MM / voxel_mm)
+        assert elastic.num_control_points == (7, 7, 7)
+        affine = kinds[tio.RandomAffine]
+        assert np.allclose(np.abs(affine.translation), TRANSLATION_MM / voxel_mm)
+    # a translated image moves by at most the converted amount (whole voxels at 4 mm: 1)
+    torch.manual_seed(0)
+    x = torch.zeros(1, 20, 20, 20)
+    x[0, 10, 10, 10] = 1
+    shift = tio.RandomAffine(degrees=0, scales=0, translation=TRANSLATION_MM / 4.0)
+    for _ in range(5):
+        moved = shift(x)
+        peak = np.unravel_index(int(moved[0].argmax()), (20, 20, 20))
+        assert max(abs(p - 10) for p in peak) <= 1

@@ -6,24 +6,34 @@ from collections.abc import Sequence
 
 from brainage.errors import ConfigError, did_you_mean
 
+__all__ = ["AUGMENTATIONS", "ELASTIC_MM", "TRANSLATION_MM", "build_augmentation"]
+
 AUGMENTATIONS = ("flip", "affine", "elastic")
 
 
-def build_augmentation(names: Sequence[str], p: float = 0.8):
+#: Largest translation of the ``affine`` augmentation, mm.
+TRANSLATION_MM = 4.0
+#: Largest displacement of the ``elastic`` augmentation, mm (paper 000).
+ELASTIC_MM = 7.5
+
+
+def build_augmentation(names: Sequence[str], p: float = 0.8, voxel_mm: float = 1.0):
     """Build the TorchIO transform that applies one of ``names`` to a sample.
 
     Parameters
     ----------
     names : sequence of {"flip", "affine", "elastic"}
         ``flip``: random left–right flip (axis 0 = x in RAS template space); ``affine``: random
-        rotation −10°…10° with ±5 % scaling and ±4 voxels translation; ``elastic``: random
-        elastic deformation with 7 control points and at most 7.5 voxels displacement (paper
-        000's values, given there in mm at 1 mm voxels). The tensors carry no affine, so TorchIO
-        reads these distances in voxels of the model grid: at 4 mm, ±16 mm and up to 30 mm (the
-        defaults were chosen by validation MAE at 4 mm with exactly these settings; TorchIO
-        warns that such an elastic displacement may fold the grid). Empty: no augmentation.
+        rotation −10°…10° with ±5 % scaling and ±:data:`TRANSLATION_MM` translation;
+        ``elastic``: random elastic deformation with 7 control points and at most
+        :data:`ELASTIC_MM` displacement (paper 000's values). Empty: no augmentation.
     p : float
         Probability that a sample is augmented at all.
+    voxel_mm : float
+        Voxel size of the model grid, mm. The tensors carry no affine, so TorchIO reads
+        distances in voxels; they are converted here (at 4 mm: ±1 voxel translation and at most
+        1.875 voxels of elastic displacement). brainage < 0.2 passed the millimetres as voxels
+        (4 × too strong at 4 mm).
 
     Returns
     -------
@@ -41,11 +51,13 @@ def build_augmentation(names: Sequence[str], p: float = 0.8):
         if name == "flip":
             transforms[tio.RandomFlip(axes=(0,), flip_probability=1.0)] = 1.0
         elif name == "affine":
-            transforms[tio.RandomAffine(degrees=10, scales=0.05, translation=4)] = 1.0
+            shift = TRANSLATION_MM / voxel_mm
+            transforms[tio.RandomAffine(degrees=10, scales=0.05, translation=shift)] = 1.0
         elif name == "elastic":
-            transforms[tio.RandomElasticDeformation(num_control_points=7, max_displacement=7.5)] = (
-                1.0
+            elastic = tio.RandomElasticDeformation(
+                num_control_points=7, max_displacement=ELASTIC_MM / voxel_mm
             )
+            transforms[elastic] = 1.0
         else:
             raise ConfigError(f"unknown augmentation {name!r}; {did_you_mean(name, AUGMENTATIONS)}")
     return tio.OneOf(transforms, p=p)

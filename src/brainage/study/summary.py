@@ -215,7 +215,7 @@ def _write_maps(layout: StudyLayout, study: StudyConfig, runs, maps: dict) -> No
             thr = np.nan if phase == "final" else study.phases[int(phase) - 1]
             row = {"condition": cond, "phase": phase, "threshold": thr, "n_seeds": len(seed_maps)}
             if len(seed_maps) >= 2:  # agreement needs two seeds (see StudyConfig.phases)
-                agree = voxel_agreement(seed_maps, mask)
+                agree = voxel_agreement(seed_maps, mask, study.agreement_quantile)
                 row |= {k: agree[k] for k in ("n_agree", "n_voxels", "fraction")}
                 save_nifti(agree["agree"].astype(np.uint8), grid.affine,
                            layout.agreement_map(cond, phase, method, res), dtype=np.uint8,

@@ -74,7 +74,9 @@ class TrainConfig(Section):
         and elastic, chosen on the validation subjects of the IXI folds
         (``bench/bench_architectures.py``: pooled validation MAE 6.26 years with elastic
         deformation against 6.74 without, 6.44 against 7.25 over the last 10 epochs; better in 4
-        of 5 folds; about 1.4× the training time).
+        of 5 folds; about 1.4× the training time). That comparison predates the conversion of
+        the augmentation distances to mm (they were read as voxels, 4 × too strong at 4 mm) and
+        should be repeated.
     device : str
         ``"auto"`` (CUDA, MPS, else CPU) or a torch device string.
     amp : bool

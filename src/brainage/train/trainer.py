@@ -248,7 +248,7 @@ def _fit(
     loss_fn = None if soft else _loss_fn(config.loss)
     from brainage.data.augment import build_augmentation
 
-    transform = build_augmentation(config.augment)
+    transform = build_augmentation(config.augment, voxel_mm=config.resolution_mm)
     generator = torch.Generator().manual_seed(seed)
     xt = torch.as_tensor(x_train)
     zt = torch.as_tensor((y_train - mean) / sd if standardize else y_train).float()

@@ -113,7 +113,7 @@ class TrainStage(Stage):
     """See the module docstring."""
 
     name = "train"
-    version = "2"
+    version = "3"  # 3: augmentation distances in mm (were voxels)
     requires = ("splits", "preprocess", "volumes")
     parallel = True
 
