@@ -168,3 +168,27 @@ def test_augmentation_distances_are_millimetres_on_the_model_grid():
         moved = shift(x)
         peak = np.unravel_index(int(moved[0].argmax()), (20, 20, 20))
         assert max(abs(p - 10) for p in peak) <= 1
+
+
+def test_prefetched_keeps_order_raises_in_place_and_stops_early():
+    import threading
+
+    from brainage.train.trainer import prefetched
+
+    for depth in (0, 1, 3):
+        assert list(prefetched(iter(range(20)), depth)) == list(range(20))
+
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    got = []
+    with pytest.raises(ValueError, match="bad batch"):
+        for x in prefetched(failing(), 2):
+            got.append(x)
+    assert got == [1]
+    before = threading.active_count()
+    gen = prefetched(iter(range(1000)), 2)
+    assert next(gen) == 0
+    gen.close()  # the producer thread ends although the queue was full
+    assert threading.active_count() <= before

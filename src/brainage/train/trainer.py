@@ -283,14 +283,20 @@ def _fit(
         model.train()
         order = torch.randperm(len(xt), generator=generator)
         losses, abs_err, n_seen = 0.0, 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            if len(idx) < 2 and any(
-                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
-            ):
-                continue  # BatchNorm cannot train on a batch of one
-            xb = _augment_batch(xt[idx], transform).to(device, non_blocking=True)
-            xb = xb.contiguous(memory_format=fmt)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        batches = [
+            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+        ]
+        batches = [b for b in batches if len(b) >= 2 or not has_bn]  # BN needs 2 per batch
+
+        def augmented(idx):
+            xb = _augment_batch(xt[idx], transform)
+            return (xb.pin_memory() if device.type == "cuda" else xb), idx
+
+        # on a GPU the CPU augmentation of the next batches runs while the GPU computes (the
+        # same draws in the same order: the model's own randomness is on the GPU's generator)
+        for xb, idx in prefetched(map(augmented, batches), depth=2 if device.type == "cuda" else 0):
+            xb = xb.to(device, non_blocking=True).contiguous(memory_format=fmt)
             zb = zt[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=use_amp):
@@ -395,6 +401,52 @@ def _fit(
     if ckpt_path is not None:
         ckpt_path.unlink(missing_ok=True)
     return result
+
+
+def prefetched(items, depth: int = 2):
+    """Yield ``items`` (an iterator) in order, computing up to ``depth`` ahead in a thread.
+
+    ``depth=0`` consumes the iterator in the caller's thread. An exception raised while
+    producing an item is raised where that item would have been yielded. Used to overlap the
+    CPU augmentation of the next batches with the GPU's work on the current one.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((True, item))
+        except BaseException as exc:  # handed to the consumer
+            q.put((False, exc))
+        q.put((True, done))
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
 
 
 def _save_phases(model, thresholds, saved, row, out_dir, scaling) -> list[dict]:
