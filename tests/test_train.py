@@ -192,3 +192,34 @@ def test_prefetched_keeps_order_raises_in_place_and_stops_early():
     assert next(gen) == 0
     gen.close()  # the producer thread ends although the queue was full
     assert threading.active_count() <= before
+
+
+def test_phase_checkpoints_are_the_first_epochs_reaching_each_threshold(tmp_path):
+    """The saved phase weights reproduce the validation MAE logged at their epoch; the monitored
+    test MAE is logged but changes nothing (same log with and without it)."""
+    x, ages = _data(n=30)
+    log0 = train_model(x[:18], ages[:18], x[18:24], ages[18:24], _cfg(epochs=8), seed=2).log
+    val = log0["val_mae"].to_numpy()
+    thresholds = sorted({float(np.round(val[0] + 1, 3)), float(np.round(np.median(val), 3)),
+                         float(np.round(val.min() - 1, 3))}, reverse=True)  # fmt: skip
+    cfg = _cfg(epochs=8, phases=thresholds, log_test_mae=True)
+    res = train_model(x[:18], ages[:18], x[18:24], ages[18:24], cfg, seed=2, out_dir=tmp_path,
+                      monitor=(x[24:], ages[24:]))  # fmt: skip
+    pd.testing.assert_frame_equal(res.log[log0.columns].drop(columns="seconds"),
+                                  log0.drop(columns="seconds"))  # fmt: skip
+    test_pred = predict_volumes(res.model, x[24:])
+    best = res.log.loc[res.log["epoch"] == res.best_epoch, "test_mae"].iloc[0]
+    assert np.mean(np.abs(test_pred - ages[24:])) == pytest.approx(best, abs=1e-3)
+    meta = __import__("json").loads((tmp_path / "model.json").read_text())
+    phases = {p["phase"]: p for p in meta["phases"]}
+    for k, thr in enumerate(thresholds, start=1):
+        hit = np.flatnonzero(val <= thr)
+        if not len(hit):  # never reached: no entry, no file
+            assert k not in phases and not (tmp_path / f"phase-{k}.pt").exists()
+            continue
+        entry = phases[k]
+        assert entry["epoch"] == hit[0] + 1 and entry["val_mae"] == pytest.approx(val[hit[0]])
+        model, _ = load_model(tmp_path, entry["file"])
+        mae = np.mean(np.abs(predict_volumes(model, x[18:24]) - ages[18:24]))
+        assert mae == pytest.approx(entry["val_mae"], abs=1e-3)
+    assert len(phases) >= 2  # the first two thresholds are reachable by construction
