@@ -127,3 +127,18 @@ def test_example_study_files_expand(path):
     for r in runs:  # the study's phases, split seed and monitored test MAE reach every run
         assert r.config.train.phases == study.phases and r.config.train.log_test_mae
         assert r.config.split_seed == study.split_seed
+
+
+def test_study_validation_catches_colliding_names_missing_targets_and_incomparable_conditions(
+    tmp_path,
+):
+    from brainage.study.runner import _check_comparable
+
+    with pytest.raises(ConfigError, match="differ only in '_'"):
+        StudyConfig(**{**STUDY, "conditions": {"no_aug": {}, "noaug": {}}})
+    with pytest.raises(ConfigError, match="must include"):
+        StudyConfig(**{**STUDY, "targets": ["predict"]})
+    mixed = StudyConfig(**{**STUDY, "conditions": {"a": {}, "b": {"train": {"resolution_mm": 3}}}})
+    with pytest.raises(ConfigError, match=r"condition 'b' has train\.resolution_mm"):
+        _check_comparable(expand_study(mixed, DEMO_OVERRIDES))
+    _check_comparable(expand_study(StudyConfig(**STUDY), DEMO_OVERRIDES))  # comparable: passes

@@ -238,3 +238,53 @@ def test_a_failing_condition_is_reported_and_a_changed_condition_reruns_only_its
     assert ok["train"] >= 1 and ok["predict"] == 1 and ok["phases"] == 1
     runs = pd.read_csv(StudyLayout(tmp_path / "s").table("curves"), sep="\t")
     assert runs[runs["condition"] == "ok"]["epoch"].max() == 2
+
+
+def test_training_killed_mid_way_resumes_with_its_phase_checkpoints(tmp_path, monkeypatch):
+    """A run interrupted after some epochs (phase files written) resumes from its checkpoint and
+    ends with the same phase checkpoints, phase maps and models as an undisturbed run."""
+    from brainage.config import load_config
+    from brainage.simulate import simulate_cohort
+    from brainage.workflow import run
+    from brainage.workflow.progress import StageProgress
+
+    bids = simulate_cohort(tmp_path / "bids", n_subjects=16, resolution_mm=4.0, seed=7,
+                           progress=False)  # fmt: skip
+    c = read_bids(bids)
+    cfg = load_config(base=merge(BASE, {"train": {"epochs": 4, "phases": [60.0, 40.0, 1.0]},
+                                        "ensemble": {"n_seeds": 1},
+                                        "run": {"backend": "serial", "n_jobs": 1}}))  # fmt: skip
+    ref = run(c, tmp_path / "ref", cfg, progress=False, targets=["phases"])
+    assert ref.computed["phases"] == 3
+    calls = {"n": 0}
+    original = StageProgress.advance
+
+    def interrupt(self, n=1, failed=0, status=""):
+        if self.description.startswith("train "):
+            calls["n"] += 1
+            if calls["n"] == 3:  # after epoch 3 of the first model (checkpoint written)
+                raise KeyboardInterrupt
+        return original(self, n, failed, status)
+
+    monkeypatch.setattr(StageProgress, "advance", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(c, tmp_path / "cut", cfg, progress=False, targets=["phases"])
+    monkeypatch.setattr(StageProgress, "advance", original)
+    assert list((tmp_path / "cut" / "work" / "checkpoints").glob("*.pt"))
+    run(c, tmp_path / "cut", cfg, progress=False, targets=["phases"])
+    for p in sorted((tmp_path / "ref" / "models").rglob("*.pt")):
+        q = tmp_path / "cut" / p.relative_to(tmp_path / "ref")
+        assert q.exists(), q.name
+        a, b = torch_load(p), torch_load(q)
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    for p in sorted((tmp_path / "ref" / "phases").glob("*.nii.gz")):
+        np.testing.assert_array_equal(
+            np.asarray(nib.load(p).dataobj),
+            np.asarray(nib.load(tmp_path / "cut" / "phases" / p.name).dataobj),
+        )
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -88,8 +88,9 @@ def curves_figure(curves: pd.DataFrame) -> Figure:
             label = f"{c} ({'validation' if col == 'val_mae' else 'test'})"
             ax.plot(m.index, m.to_numpy(), style, color=colors[c], linewidth=1.6, label=label)
             ax.fill_between(m.index, m - s, m + s, color=colors[c], alpha=0.12, linewidth=0)
-            tops.append(np.nanpercentile(m.to_numpy(float), 98))
-    if tops:
+            if np.isfinite(m.to_numpy(float)).any():
+                tops.append(np.nanpercentile(m.to_numpy(float), 98))
+    if tops and np.isfinite(max(tops)) and max(tops) > 0:
         ax.set_ylim(0, max(tops) * 1.1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("MAE (years)")

@@ -83,7 +83,10 @@ def phase_summary(table: pd.DataFrame) -> pd.DataFrame:
                     "sd_epoch": hit["epoch"].std(ddof=1) if len(hit) > 1 else np.nan,
                     "mean_val_mae": mean("val_mae"), "mean_train_loss": mean("train_loss"),
                     "mean_test_mae": mean("test_mae")})  # fmt: skip
-    return pd.DataFrame(out)
+    cols = ["condition", "phase", "threshold", "n_models", "n_reached", "n_seeds",
+            "n_seeds_reached", "mean_epoch", "sd_epoch", "mean_val_mae", "mean_train_loss",
+            "mean_test_mae"]  # fmt: skip
+    return pd.DataFrame(out, columns=cols)
 
 
 def voxel_agreement(seed_maps, mask=None, quantile: float = 0.05) -> dict:

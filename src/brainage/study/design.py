@@ -81,9 +81,17 @@ class StudyConfig(Section):
     def _conditions(cls, v):
         if not v:
             raise ValueError("needs at least one condition")
-        bad = [k for k in v if not re.fullmatch(r"[A-Za-z0-9_]+", k)]
+        bad = [k for k in v if not re.fullmatch(r"[A-Za-z0-9_]*[A-Za-z0-9][A-Za-z0-9_]*", k)]
         if bad:
-            raise ValueError(f"condition names must be letters, digits or '_'; got {bad}")
+            raise ValueError(
+                f"condition names must be letters, digits or '_' with a letter or digit; got {bad}"
+            )
+        labels: dict[str, str] = {}
+        for k in v:  # file names use the BIDS label (no '_'): no_aug and noaug would collide
+            lab = k.replace("_", "")
+            if lab in labels:
+                raise ValueError(f"conditions {labels[lab]!r} and {k!r} differ only in '_'")
+            labels[lab] = k
         return v
 
     @field_validator("seeds")
@@ -102,6 +110,9 @@ class StudyConfig(Section):
         bad = [t for t in v if t not in TARGETS and t != "phases"]
         if bad or not v:
             raise ValueError(f"unknown stage(s) {bad}; choose from {sorted({*TARGETS, 'phases'})}")
+        missing = [t for t in ("predict", "phases", "regions") if t not in v]
+        if missing:  # what the study summary reads
+            raise ValueError(f"must include {missing} (the study summary reads them); got {v}")
         return v
 
     @field_validator("phases")

@@ -139,6 +139,7 @@ def run_study(
         raise ConfigError(f"'backend' must be processes, serial or dask; got {backend!r}")
     executor = {"backend": backend, "n_jobs": int(n_jobs), "dask_address": scheduler}
     runs = expand_study(study, base)
+    _check_comparable(runs)
     write_text(layout.study_file, _dump_study(study))
     log.info(
         "study %s: %d condition(s) × %d seed(s) = %d runs on %s, %d subjects",
@@ -148,9 +149,8 @@ def run_study(
     setup_logging(layout.log, console=progress)
     specs = [_task_spec(r, cohorts[preprocessing_key(r.config)], layout, study) for r in runs]
     t_tasks = time.perf_counter()
-    outcomes = _run_tasks(specs, executor, progress, retries)
+    outcomes = _run_tasks(specs, executor, progress, retries, layout.log)
     task_seconds = time.perf_counter() - t_tasks
-    setup_logging(layout.log, console=progress)
     rows, failed, computed = [], [], {}
     for r, spec in zip(runs, specs, strict=True):
         out = outcomes.get(spec["name"])
@@ -170,14 +170,12 @@ def run_study(
     from brainage.study.summary import summarise_study
 
     table = summarise_study(layout, study, runs, table)
-    report = None
-    if any(table["status"] == "finished"):
-        from brainage.report.study import write_study_report
-        from brainage.study.summary import summary_method
+    from brainage.report.study import write_study_report
+    from brainage.study.summary import summary_method
 
-        cfg = runs[0].config
-        report = write_study_report(layout, study, summary_method(cfg), cfg.train.resolution_mm)
-        log.info("study report: %s", report)
+    cfg = runs[0].config
+    report = write_study_report(layout, study, summary_method(cfg), cfg.train.resolution_mm)
+    log.info("study report: %s", report)
     seconds = time.perf_counter() - t0
     write_json(
         layout.root / "provenance.json",
@@ -192,6 +190,33 @@ def run_study(
         },  # fmt: skip
     )
     return StudyResult(layout.root, table, failed, computed, report, seconds, task_seconds)
+
+
+def _check_comparable(runs) -> None:
+    """Conditions must share what the study compares on: the model grid, map method and atlas.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first condition that differs and the setting.
+    """
+    from brainage.study.summary import summary_method
+
+    def what(cfg):
+        atlases = cfg.population.atlases
+        return {"train.resolution_mm": cfg.train.resolution_mm,
+                "explain.methods (first)": summary_method(cfg),
+                "population.atlases (first)": atlases[0] if atlases else None}  # fmt: skip
+
+    ref = what(runs[0].config)
+    for r in runs[1:]:
+        for key, value in what(r.config).items():
+            if value != ref[key]:
+                raise ConfigError(
+                    f"study condition {r.condition!r} has {key} = {value!r} but "
+                    f"{runs[0].condition!r} has {ref[key]!r}; the conditions' maps are compared "
+                    "voxel by voxel, so set it in the study's 'base' instead"
+                )
 
 
 def _dump_study(study: StudyConfig) -> str:
@@ -232,7 +257,9 @@ def _shared_preprocessing(runs, cohort: Cohort, layout: StudyLayout, executor, p
                      native_cache=layout.native_cache)  # fmt: skip
         from brainage.io.layout import RunLayout
 
-        done = read_records(RunLayout(folder, cfg.train.resolution_mm), "preprocess")
+        done = set(read_records(RunLayout(folder, cfg.train.resolution_mm), "preprocess"))
+        fail = pd.read_csv(folder / "failures.tsv", sep="\t", dtype=str)
+        done -= set(fail["participant_id"].astype(str))  # a stale record of a subject now failing
         table = cohort.table[cohort.table["participant_id"].astype(str).isin(done)]
         if table.empty:
             from brainage.errors import InputError
@@ -240,8 +267,8 @@ def _shared_preprocessing(runs, cohort: Cohort, layout: StudyLayout, executor, p
             raise InputError("no subject could be preprocessed", path=folder / "failures.tsv")
         truth = None if cohort.truth_dir is None else str(cohort.truth_dir)
         cohorts[key] = {"table": table.to_dict("records"), "shared": str(folder),
-                        "source": str(cohort.source), "truth_dir": truth}  # fmt: skip
-        fail = pd.read_csv(folder / "failures.tsv", sep="\t", dtype=str)
+                        "source": str(cohort.source), "truth_dir": truth,
+                        "native_cache": str(layout.native_cache)}  # fmt: skip
         fail.insert(0, "preprocessing", folder.name)
         frames.append(fail)
     return cohorts, pd.concat(frames, ignore_index=True)
@@ -288,13 +315,14 @@ def run_task(spec: dict) -> dict:
     spec : dict
         ``name``, ``run_dir``, ``config`` (a full configuration dict), ``table`` (cohort rows),
         ``source`` and ``truth_dir`` of the cohort, ``shared`` (the shared preprocessing folder),
-        ``targets``.
+        ``native_cache``, ``targets``.
 
     Returns
     -------
     dict
         ``name``, ``computed`` (items per stage), ``seconds``, ``max_rss_mb`` (peak resident
-        memory of the worker process so far, MiB: what a cluster job must provide).
+        memory of the worker process so far, MiB — over every task it ran, so an upper bound of
+        this task's: what a cluster job must provide).
     """
     from brainage.config import Config
     from brainage.workflow.api import run as run_pipeline
@@ -305,9 +333,9 @@ def run_task(spec: dict) -> dict:
         share_records(Path(spec["shared"]), run_dir, stage)
     truth = spec.get("truth_dir")
     cohort = Cohort(pd.DataFrame(spec["table"]), spec["source"], [], truth and Path(truth))
-    result = run_pipeline(
-        cohort, run_dir, Config(**spec["config"]), progress=False, targets=spec["targets"]
-    )
+    cfg = Config(**spec["config"])
+    result = run_pipeline(cohort, run_dir, cfg, progress=False, targets=spec["targets"],
+                          native_cache=spec.get("native_cache"))  # fmt: skip
     return {"name": spec["name"], "computed": result.computed,
             "seconds": time.perf_counter() - t0, "max_rss_mb": _max_rss_mb()}  # fmt: skip
 
@@ -320,9 +348,13 @@ def _max_rss_mb() -> float | None:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
-def _run_tasks(specs: list[dict], executor: dict, progress: bool, retries: int) -> dict:
-    """Run the tasks on the executor; retry failed ones; return ``name → summary | error``."""
+def _run_tasks(specs: list[dict], executor: dict, progress: bool, retries: int, log_file) -> dict:
+    """Run the tasks on the executor; retry failed ones; return ``name → summary | error``.
+
+    ``log_file``: the study's log, restored after each task (a serial task logs to its run's).
+    """
     from brainage.parallel import iter_tasks
+    from brainage.workflow.progress import setup_logging
 
     n_jobs = max(1, min(executor["n_jobs"], len(specs)))
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
@@ -343,6 +375,7 @@ def _run_tasks(specs: list[dict], executor: dict, progress: bool, retries: int) 
             threads_per_task=threads,
         )
         for spec, out in it:
+            setup_logging(log_file, console=progress)
             outcomes[spec["name"]] = out
             if isinstance(out, BaseException):
                 log.debug("run %s: %s: %s", spec["name"], type(out).__name__, _one_line(out))

@@ -49,16 +49,32 @@ def summary_method(cfg) -> str | None:
 
 
 def _models(layout: RunLayout) -> list[tuple[int | None, Path]]:
-    """``(fold, folder)`` of every whole-brain CNN of a run (those with a training log)."""
+    """``(fold, folder)`` of every whole-brain CNN of a run, from its ``train`` records.
+
+    Records, not folders: a folder left by an earlier configuration (another ``n_folds``) is
+    not one of the run's models.
+    """
+    from brainage.workflow.records import read_records
+    from brainage.workflow.stages.train import is_explainer, parse_model_item
+
     out = []
-    for folder in layout.model_dirs():
-        if not (folder / "training_log.tsv").exists():
-            continue
-        meta = json.loads((folder / "model.json").read_text())
-        if meta.get("compartment"):
-            continue
-        parent = folder.parent.name
-        out.append((int(parent.split("-")[1]) if parent.startswith("fold-") else None, folder))
+    for item, rec in sorted(read_records(layout, "train").items()):
+        if is_explainer(item) and "training_log.tsv" in rec.outputs:
+            folder = rec.output(layout, "model.json").parent
+            out.append((parse_model_item(item)[0], folder))
+    return sorted(out, key=lambda x: (-1 if x[0] is None else x[0], str(x[1])))
+
+
+def _phase_maps(layout: RunLayout, n_phases: int) -> dict[str, Path | None]:
+    """Phase ``"1"``… → the run's phase map named by its ``phases`` record (None: not reached)."""
+    from brainage.workflow.records import read_records
+
+    recs = read_records(layout, "phases")
+    out: dict[str, Path | None] = {}
+    for k in range(1, n_phases + 1):
+        rec = recs.get(f"phase-{k}")
+        ok = rec is not None and rec.values.get("reached") and "map" in rec.outputs
+        out[str(k)] = rec.output(layout, "map") if ok else None
     return out
 
 
@@ -75,10 +91,12 @@ def run_metrics(layout: RunLayout, seed: int) -> tuple[dict, dict]:
     logs : dict of int or None → pandas.DataFrame
         Fold → training log.
     """
-    pred = pd.read_csv(layout.file("predictions.tsv"), sep="\t", dtype={"participant_id": str})
+    path = layout.file("predictions.tsv")
+    pred = (pd.read_csv(path, sep="\t", dtype={"participant_id": str}) if path.exists()
+            else pd.DataFrame(columns=["split", "age", "brain_age"]))  # fmt: skip
     test = pred[(pred["split"] == "test") & pred["age"].notna()]
     col = f"brain_age_seed-{seed}"
-    best = float(np.mean(np.abs(test[col] - test["age"]))) if col in test else np.nan
+    best = float(np.mean(np.abs(test[col] - test["age"]))) if col in test and len(test) else np.nan
     ens = float(np.mean(np.abs(test["brain_age"] - test["age"]))) if len(test) else np.nan
     logs, last, weights, best_epochs, n_epochs = {}, [], [], [], []
     for fold, folder in _models(layout):
@@ -165,9 +183,10 @@ def summarise_study(
             logs[(r.condition, r.seed, fold)] = tlog
         method = summary_method(r.config)
         if method is not None:
-            maps[r.name] = {"final": _load(rl.population(method, "mean"))}
-            for k in range(1, len(study.phases) + 1):
-                maps[r.name][str(k)] = _load(rl.phase_map(k, method))
+            final = rl.population(method, "mean")
+            maps[r.name] = {"final": _load(final)}
+            for k, p in _phase_maps(rl, len(study.phases)).items():
+                maps[r.name][k] = None if p is None else _load(p)
     extra = pd.DataFrame([{"run": n, **m} for n, m in metrics.items()])
     out = table.merge(extra, on="run", how="left") if len(extra) else table
     write_tsv(layout.table("runs"), out)
@@ -177,8 +196,9 @@ def summarise_study(
     write_tsv(layout.table("phase_summary"), phase_summary(phases))
     done = out[out["status"] == "finished"]
     write_tsv(layout.table("ttests"), condition_ttests(done))
-    if runs and maps:
-        _write_maps(layout, study, [r for r in runs if r.name in maps], maps)
+    for old in (layout.root / "maps").glob("*.nii.gz"):  # only this summary's maps remain
+        old.unlink()
+    _write_maps(layout, study, [r for r in runs if r.name in maps], maps)
     return out
 
 
@@ -196,12 +216,22 @@ def _write_curves(layout: StudyLayout, logs: dict) -> None:
 
 
 def _write_maps(layout: StudyLayout, study: StudyConfig, runs, maps: dict) -> None:
-    """Agreement per condition and phase, condition mean maps, region ranks and stability."""
+    """Agreement per condition and phase, condition mean maps, region ranks and stability.
+
+    Always writes its tables (empty without maps), so none survives from an earlier summary.
+    """
     from brainage.atlas import load_atlas
+    from brainage.errors import BrainageError
     from brainage.io.nifti import save_nifti
-    from brainage.population.subgroups import rank_stability
+    from brainage.population.subgroups import STABILITY_COLUMNS, rank_stability
     from brainage.space import template_array, template_grid
 
+    if not runs:
+        write_tsv(layout.table("agreement"), pd.DataFrame(columns=AGREEMENT_COLUMNS))
+        write_tsv(layout.table("regions_ranks"), pd.DataFrame(columns=RANK_COLUMNS))
+        cols = ["condition", *STABILITY_COLUMNS]
+        write_tsv(layout.table("regions_stability"), pd.DataFrame(columns=cols))
+        return
     cfg = runs[0].config
     res, method = cfg.train.resolution_mm, summary_method(cfg)
     grid, mask = template_grid(res), template_array("mask", res).astype(bool)
@@ -231,9 +261,14 @@ def _write_maps(layout: StudyLayout, study: StudyConfig, runs, maps: dict) -> No
                              "space": "MNI152NLin2009aSym"})  # fmt: skip
         if atlas is None:
             continue
-        tables = {f"seed-{s}": region_ranks(m, atlas, mask) for s, m in finals.items()}
-        for s, t in zip(finals, tables.values(), strict=True):
-            ranks.append(t.assign(condition=cond, seed=s))
+        tables = {}
+        for s, m in finals.items():
+            try:
+                tables[f"seed-{s}"] = region_ranks(m, atlas, mask)
+            except BrainageError as err:  # e.g. a map with NaN: that seed is left out
+                log.warning("region ranks of %s seed %s: %s", cond, s, err)
+                continue
+            ranks.append(tables[f"seed-{s}"].assign(condition=cond, seed=s))
         if len(tables) >= 2:
             stability.append(rank_stability(tables, "seed", "n_top").assign(condition=cond))
     write_tsv(layout.table("agreement"), pd.DataFrame(rows, columns=AGREEMENT_COLUMNS))
@@ -246,8 +281,6 @@ def _write_maps(layout: StudyLayout, study: StudyConfig, runs, maps: dict) -> No
         if len(by_cond) >= 2:
             stability.append(rank_stability(by_cond, "condition", "top_share").assign(
                 condition="all"))  # fmt: skip
-    from brainage.population.subgroups import STABILITY_COLUMNS
-
     cols = ["condition", *STABILITY_COLUMNS]
     stab = pd.concat(stability, ignore_index=True)[cols] if stability else None
     write_tsv(

@@ -459,7 +459,7 @@ def _save_phases(model, thresholds, saved, row, out_dir, scaling) -> list[dict]:
     done = {p["phase"] for p in saved}
     new = []
     for k, threshold in enumerate(thresholds, start=1):
-        if k in done or row["val_mae"] > threshold:
+        if k in done or not row["val_mae"] <= threshold:  # NaN (diverged) reaches nothing
             continue
         entry = {"phase": k, "threshold": float(threshold), "epoch": int(row["epoch"]),
                  "val_mae": float(row["val_mae"]), "train_loss": float(row["train_loss"]),

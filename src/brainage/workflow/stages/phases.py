@@ -43,7 +43,7 @@ class PhasesStage(Stage):
     """See the module docstring."""
 
     name = "phases"
-    version = "1"
+    version = "2"  # 2: explained in batches of explain.batch_size (running sum)
     requires = ("splits", "volumes", "train", "reference")
 
     def items(self, ctx: RunContext) -> list[str]:
@@ -84,6 +84,8 @@ class PhasesStage(Stage):
 
         k = int(item.split("-")[1])
         method = phase_method(ctx)
+        path = ctx.layout.phase_map(k, method)
+        path.unlink(missing_ok=True)  # a map of other inputs never outlives its record
         reached = {i: {p["phase"]: p for p in model_phases(ctx, i)} for i in self._models(ctx)}
         missing = [i for i, ph in reached.items() if k not in ph]
         epochs = {i: ph[k]["epoch"] for i, ph in reached.items() if k in ph}
@@ -96,25 +98,27 @@ class PhasesStage(Stage):
             groups.setdefault(tuple(explaining_items(ctx, pid)), []).append(pid)
         res = ctx.layout.resolution_mm
         mask = template_array("mask", res).astype(bool)
-        maps, pids = [], []
+        total, pids = np.zeros(mask.shape, np.float64), []
+        bs = max(1, ctx.config.explain.batch_size)
         for models, group in groups.items():
             params = ctx.config.explain.method_params(method)
             if self._uses_reference(ctx):
                 folds = {parse_model_item(i)[0] for i in models}
                 params["baseline"] = load_reference(ctx, folds.pop() if len(folds) == 1 else None)
-            vols = torch.as_tensor(ctx.stack(group))
-            per_model = []
+            loaded = []
             for i in models:
                 folder = ctx.record("train", i).output(ctx.layout, "model.json").parent
-                model, _ = load_model(folder, reached[i][k]["file"])
-                per_model.append(explain(model, vols, method, batch_size=len(group), **params))
-            maps.append(np.mean(per_model, axis=0)[:, 0])
-            pids += group
-        stack = np.concatenate(maps) if maps else np.zeros((0, *mask.shape), np.float32)
-        if not len(stack):
+                loaded.append(load_model(folder, reached[i][k]["file"])[0])
+            for start in range(0, len(group), bs):  # a running sum: memory of one batch
+                chunk = group[start : start + bs]
+                vols = torch.as_tensor(ctx.stack(chunk))
+                maps = np.mean([explain(m, vols, method, batch_size=bs, **params)
+                                for m in loaded], axis=0)[:, 0]  # fmt: skip
+                total += normalise_maps(maps, mask, "zscore").sum(axis=0)
+                pids += chunk
+        if not pids:
             return ItemResult({}, values | {"reached": False, "n_subjects": 0})
-        mean = normalise_maps(stack, mask, "zscore").mean(axis=0)
-        path = ctx.layout.phase_map(k, method)
+        mean = total / len(pids)
         save_nifti(mean.astype(np.float32), template_grid(res).affine, path,
                    metadata={"space": "MNI152NLin2009aSym", "method": method, "phase": k,
                              "normalise": "zscore", "subjects": pids})  # fmt: skip

@@ -4,7 +4,8 @@ With cross-fitting the items are ``fold-<k>_seed-<n>`` (trained and validated on
 that fold ``k`` does not hold out), with a hold-out ``seed-<n>``. A base model is keyed by the
 ``train`` section, its seed, and the participant ids, ages, roles and preprocessing keys of its
 training and validation subjects — not by any test subject, so changing a test scan or a test
-age retrains nothing. The items run on the executor (local processes or Dask, with the machine's
+age retrains nothing (unless ``train.log_test_mae`` monitors the test subjects, as in a study: then
+they are inputs too). The items run on the executor (local processes or Dask, with the machine's
 threads shared between the workers). Training checkpoints every epoch into
 ``OUT/work/checkpoints`` (named by the item's key), so a killed run resumes mid-training, and a
 checkpoint of other inputs is never resumed.
@@ -188,12 +189,16 @@ class TrainStage(Stage):
         ages = ctx.ages()
         cfg = ctx.config.train
         folder = ctx.layout.model_dir(name, fold)
-        for old in ("model.json", "model.pt", "training_log.tsv", *folder.glob("phase-*.pt")):
+        ckpt_dir = ctx.layout.work / "checkpoints"
+        ckpt = ckpt_dir / f"{item}_{key[:16]}.pt"
+        resuming = seed is not None and ckpt.exists()  # its phase files are this key's: kept
+        stale = ["model.json", "model.pt", "training_log.tsv"]
+        if not resuming:
+            stale += [p.name for p in folder.glob("phase-*.pt")]
+        for old in stale:
             (folder / old).unlink(missing_ok=True)  # outputs of other inputs go first
         if seed is None:
             return self._fit_learner(ctx, name, tr, folder)
-        ckpt_dir = ctx.layout.work / "checkpoints"
-        ckpt = ckpt_dir / f"{item}_{key[:16]}.pt"
         bar = StageProgress(f"train {item}", cfg.epochs, ctx.progress)
 
         def tick(epoch, total, val_mae):
