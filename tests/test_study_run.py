@@ -176,8 +176,10 @@ def test_study_outputs_are_complete_and_consistent(cohort, undisturbed):
         found = list((run / "phases").glob(f"phase-{p['phase']}_*.nii.gz"))
         assert bool(found) == bool(p["reached"])
     agreement = pd.read_csv(layout.table("agreement"), sep="\t", na_values=["n/a"])
-    final = agreement[agreement["phase"] == "final"]
+    final = agreement[(agreement["phase"] == "final") & (agreement["quantile"] == 0.05)]
     assert len(final) == 4 and (final["n_seeds"] == 3).all()
+    top = agreement[(agreement["phase"] == "final") & (agreement["quantile"] == 0.9)]
+    assert (top["fraction"] <= final["fraction"].to_numpy()).all()  # fewer kept, fewer agree
     assert ((final["fraction"] > 0) & (final["fraction"] <= 1)).all()
     html = layout.report.read_text()
     for anchor in ("mae", "curves", "phases", "agreement", "regions", "maps"):

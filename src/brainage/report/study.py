@@ -101,26 +101,33 @@ def curves_figure(curves: pd.DataFrame) -> Figure:
 
 
 def agreement_figure(agreement: pd.DataFrame) -> Figure:
-    """Plot the fraction of brain voxels agreeing across seeds per phase and condition."""
+    """Plot the fraction of brain voxels agreeing across seeds per phase and condition.
+
+    One panel per quantile (voxels at or below it are discarded per seed), bars per condition.
+    """
     conds = list(dict.fromkeys(agreement["condition"]))
     phases = list(dict.fromkeys(agreement["phase"].astype(str)))
+    quantiles = list(dict.fromkeys(agreement["quantile"]))
     colors = _colors(conds)
-    fig = Figure(figsize=(max(5.0, 0.9 * len(phases) * max(1, len(conds)) / 2 + 3), 3.2))
-    ax = fig.add_subplot(1, 1, 1)
+    width_in = max(4.5, 0.35 * len(phases) * max(1, len(conds)) + 2)
+    fig = Figure(figsize=(min(width_in * len(quantiles), 11.0), 3.3))
+    axes = np.atleast_1d(fig.subplots(1, len(quantiles), squeeze=False)[0])
     width = 0.8 / max(len(conds), 1)
-    for k, c in enumerate(conds):
-        g = agreement[agreement["condition"] == c]
-        g = g.set_index(g["phase"].astype(str))
-        y = [float(g.loc[p, "fraction"]) if p in g.index else np.nan for p in phases]
-        ax.bar(np.arange(len(phases)) + (k - (len(conds) - 1) / 2) * width, y, width,
-               color=colors[c], label=c)  # fmt: skip
-    ax.set_xticks(range(len(phases)))
-    ax.set_xticklabels([f"phase {p}" if p != "final" else "final model" for p in phases],
-                       fontsize=9)  # fmt: skip
-    ax.set_ylabel("agreeing voxels (fraction of brain)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, frameon=False)
-    _style(ax)
+    for ax, q in zip(axes, quantiles, strict=True):
+        for k, c in enumerate(conds):
+            g = agreement[(agreement["condition"] == c) & (agreement["quantile"] == q)]
+            g = g.set_index(g["phase"].astype(str))
+            y = [float(g.loc[p, "fraction"]) if p in g.index else np.nan for p in phases]
+            ax.bar(np.arange(len(phases)) + (k - (len(conds) - 1) / 2) * width, y, width,
+                   color=colors[c], label=c)  # fmt: skip
+        ax.set_xticks(range(len(phases)))
+        ax.set_xticklabels([f"phase {p}" if p != "final" else "final" for p in phases],
+                           fontsize=8, rotation=30 if len(phases) > 4 else 0)  # fmt: skip
+        ax.set_title(f"voxels above each seed's {100 * q:g} % quantile", fontsize=9)
+        ax.set_ylim(0, 1 - q)  # at most the kept fraction can agree
+        _style(ax)
+    axes[0].set_ylabel("agreeing voxels (fraction of brain)")
+    axes[-1].legend(fontsize=7.5, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -183,7 +190,16 @@ def build_study_context(layout, study, method: str | None, resolution_mm: float)
         ),  # fmt: skip
         "agreement": _table(
             t["agreement"],
-            ["condition", "phase", "threshold", "n_seeds", "n_agree", "n_voxels", "fraction"],
+            [
+                "condition",
+                "phase",
+                "threshold",
+                "quantile",
+                "n_seeds",
+                "n_agree",
+                "n_voxels",
+                "fraction",
+            ],
         ),  # fmt: skip
         "ttests": _table(
             t["ttests"],

@@ -50,10 +50,11 @@ class StudyConfig(Section):
     split_seed : int or None
         Seed of the data split, the same for every run (paper 000: the seeds vary the
         training, not the subjects); ``None``: each seed draws its own split.
-    agreement_quantile : float
-        Voxel agreement (METHODS §7): per seed the voxels at or below this quantile of its map
-        are discarded (paper 000: 0.05, which keeps 95 % of the brain per seed; 0.9 keeps each
-        seed's top 10 % and asks whether the seeds agree on the most relevant voxels).
+    agreement_quantiles : list of float
+        Voxel agreement (METHODS §7): per seed the voxels at or below the quantile of its map
+        are discarded; one agreement per quantile. 0.05 (paper 000) keeps 95 % of the brain per
+        seed; 0.9 keeps each seed's top 10 % and asks whether the seeds agree on the most
+        relevant voxels.
     targets : list of str
         Stages every run brings up to date (with everything upstream); the study needs the
         phase maps (``phases``), the population maps and region tables (``regions``).
@@ -66,7 +67,9 @@ class StudyConfig(Section):
     base: dict[str, Any] = Field(default_factory=dict)
     phases: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [32.0, 22.0])
     split_seed: Annotated[int, Field(ge=0)] | None = 0
-    agreement_quantile: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    agreement_quantiles: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default_factory=lambda: [0.05, 0.9], min_length=1
+    )
     targets: list[str] = Field(default_factory=lambda: ["predict", "phases", "regions"])
 
     @field_validator("name")

@@ -15,7 +15,7 @@ Layout of ``STUDY_OUT``::
     regions_ranks.tsv, regions_stability.tsv   atlas-region ranks (top-1 % voxels) and their
                                         agreement across seeds and conditions
     maps/condition-<c>_method-<m>_<space>_stat-mean_relevance.nii.gz   mean over seeds
-    maps/condition-<c>_phase-<k>_method-<m>_<space>_desc-agreement_mask.nii.gz
+    maps/condition-<c>_phase-<k>_method-<m>_<space>_desc-agreementq<q>_mask.nii.gz
     failures.tsv, report.html, logs/study.log
 """
 
@@ -71,11 +71,17 @@ class StudyLayout:
         name = f"condition-{label(condition)}_method-{label(method)}_{space}_stat-mean_relevance"
         return self.root / "maps" / f"{name}.nii.gz"
 
-    def agreement_map(self, condition: str, phase: str, method: str, resolution_mm: float) -> Path:
-        """Voxels agreeing across the seeds of a condition at a phase (``1``, … or ``final``)."""
+    def agreement_map(
+        self, condition: str, phase: str, method: str, resolution_mm: float, quantile: float
+    ) -> Path:
+        """Voxels agreeing across the seeds of a condition at a phase (``1``, … or ``final``).
+
+        ``…_desc-agreementq<percent>_mask.nii.gz`` (``q5``: quantile 0.05).
+        """
         space = f"space-{TEMPLATE_SPACE}_res-{res_label(resolution_mm)}"
+        q = label(f"q{100 * quantile:g}")
         name = (f"condition-{label(condition)}_phase-{label(phase)}_method-{label(method)}_"
-                f"{space}_desc-agreement_mask")  # fmt: skip
+                f"{space}_desc-agreement{q}_mask")  # fmt: skip
         return self.root / "maps" / f"{name}.nii.gz"
 
     @property

@@ -36,8 +36,8 @@ log = logging.getLogger("brainage")
 TOP_FRACTION = 0.01
 
 #: Columns of ``agreement.tsv``.
-AGREEMENT_COLUMNS = ["condition", "phase", "threshold", "n_seeds", "n_agree", "n_voxels",
-                     "fraction"]  # fmt: skip
+AGREEMENT_COLUMNS = ["condition", "phase", "threshold", "quantile", "n_seeds", "n_agree",
+                     "n_voxels", "fraction"]  # fmt: skip
 
 #: Columns of ``regions_ranks.tsv``.
 RANK_COLUMNS = ["condition", "seed", "region", "n_top", "top_share", "mean_relevance", "rank"]
@@ -243,15 +243,17 @@ def _write_maps(layout: StudyLayout, study: StudyConfig, runs, maps: dict) -> No
         for phase in ["final", *map(str, range(1, len(study.phases) + 1))]:
             seed_maps = [maps[r.name][phase] for r in mine if maps[r.name][phase] is not None]
             thr = np.nan if phase == "final" else study.phases[int(phase) - 1]
-            row = {"condition": cond, "phase": phase, "threshold": thr, "n_seeds": len(seed_maps)}
-            if len(seed_maps) >= 2:  # agreement needs two seeds (see StudyConfig.phases)
-                agree = voxel_agreement(seed_maps, mask, study.agreement_quantile)
-                row |= {k: agree[k] for k in ("n_agree", "n_voxels", "fraction")}
-                save_nifti(agree["agree"].astype(np.uint8), grid.affine,
-                           layout.agreement_map(cond, phase, method, res), dtype=np.uint8,
-                           metadata={"condition": cond, "phase": phase, "method": method,
-                                     "n_seeds": len(seed_maps)})  # fmt: skip
-            rows.append(row)
+            for q in study.agreement_quantiles:
+                row = {"condition": cond, "phase": phase, "threshold": thr, "quantile": q,
+                       "n_seeds": len(seed_maps)}  # fmt: skip
+                if len(seed_maps) >= 2:  # agreement needs two seeds (see StudyConfig.phases)
+                    agree = voxel_agreement(seed_maps, mask, q)
+                    row |= {k: agree[k] for k in ("n_agree", "n_voxels", "fraction")}
+                    save_nifti(agree["agree"].astype(np.uint8), grid.affine,
+                               layout.agreement_map(cond, phase, method, res, q), dtype=np.uint8,
+                               metadata={"condition": cond, "phase": phase, "method": method,
+                                         "quantile": q, "n_seeds": len(seed_maps)})  # fmt: skip
+                rows.append(row)
         finals = {r.seed: maps[r.name]["final"] for r in mine if maps[r.name]["final"] is not None}
         if not finals:
             continue
