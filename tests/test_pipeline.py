@@ -246,6 +246,7 @@ def test_changing_one_scan_reruns_only_what_depends_on_it(tiny_run, tmp_path):
         "native_regions": 0,  # the phantoms have no native label maps
         "subgroups": n_methods,
         "stability": n_methods + 1,  # per method, and across methods
+        "phases": 0,  # no train.phases in this run
         "report": 1,
     }
     assert res.computed == expected
