@@ -87,10 +87,15 @@ def write_report(out_dir, path=None, title: str | None = None) -> Path:
 
 def render_report(out_dir, title: str | None = None) -> str:
     """Return the report of ``out_dir`` as an HTML string (see :func:`write_report`)."""
-    import jinja2
-
     run = read_run_folder(out_dir)
     context = build_context(run, title=title)
+    return template_environment().get_template("report.html").render(**context)
+
+
+def template_environment():
+    """Return the jinja2 environment of the report templates (strict, with number filters)."""
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("brainage.report", "templates"),
         autoescape=jinja2.select_autoescape(["html"]),
@@ -101,7 +106,7 @@ def render_report(out_dir, title: str | None = None) -> str:
     env.filters["fmt"] = _fmt
     env.filters["pval"] = _pval
     env.filters["sig"] = _sig
-    return env.get_template("report.html").render(**context)
+    return env
 
 
 # --------------------------------------------------------------------------------------------

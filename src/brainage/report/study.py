@@ -17,7 +17,6 @@ from matplotlib.figure import Figure
 
 from brainage.report.figures_common import _style, figure_to_data_uri
 from brainage.report.figures_stats import CATEGORY_COLORS, glass_brain_figure, rank_chart_figure
-from brainage.report.formatting import _fmt, _pval, _sig
 
 #: Regions drawn in each rank chart.
 N_RANKED = 10
@@ -287,20 +286,10 @@ def write_study_report(layout, study, method: str | None, resolution_mm: float) 
     -------
     Path
     """
-    import jinja2
-
     from brainage.io.atomic import write_text
+    from brainage.report.html import template_environment
 
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("brainage.report", "templates"),
-        autoescape=jinja2.select_autoescape(["html"]),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["fmt"] = _fmt
-    env.filters["pval"] = _pval
-    env.filters["sig"] = _sig
+    env = template_environment()
     html = env.get_template("study.html").render(
         **build_study_context(layout, study, method, resolution_mm)
     )
