@@ -19,6 +19,19 @@ def test_read_bids_ages_and_unknown(tmp_path):
     assert cohort.failures == []
 
 
+def test_read_bids_warns_of_unlisted_subjects_and_extra_scans(tmp_path, caplog):
+    root = make_bids(tmp_path / "bids", {"sub-01": "20", "sub-02": "30"})
+    write_volume(root / "sub-09" / "anat" / "sub-09_T1w.nii.gz")  # not in participants.tsv
+    write_volume(root / "sub-01" / "ses-2" / "anat" / "sub-01_ses-2_T1w.nii.gz", seed=5)
+    with caplog.at_level("WARNING", logger="brainage"):
+        cohort = read_bids(root)
+    assert cohort.participant_ids == ["sub-01", "sub-02", "sub-09"]
+    assert np.isnan(cohort.table["age"].iloc[2])
+    text = caplog.text
+    assert "sub-09" in text and "not in participants.tsv" in text
+    assert "sub-01 has 2 T1w scans; using sub-01_T1w.nii.gz" in text
+
+
 def test_read_bids_real_ixi(ixi_root):
     cohort = read_bids(ixi_root)
     assert len(cohort) == 145

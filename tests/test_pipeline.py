@@ -379,9 +379,7 @@ def test_same_seed_gives_byte_identical_predictions(tmp_path):
     # the second with its caches elsewhere (--work-dir): results do not depend on it
     b = run(read_bids(bids), tmp_path / "c", cfg, False, ["predict"], work_dir=tmp_path / "w")
     assert a.computed["train"] == b.computed["train"] == 2 * len(FOLDS)  # CNN + voxel ridge
-    assert (
-        list((tmp_path / "w").glob("volumes_res-4.npy")) and not (tmp_path / "c" / "work").exists()
-    )
+    assert list((tmp_path / "w").glob("volumes_res-4.npy")) and not (tmp_path / "c_work").exists()
     assert (tmp_path / "a" / "predictions.tsv").read_bytes() == (
         tmp_path / "c" / "predictions.tsv"
     ).read_bytes()
@@ -471,7 +469,7 @@ def test_configuration_errors_fail_fast_before_any_work(tmp_path):
                     str(tmp_path / "c.yaml"))  # fmt: skip
         assert time.perf_counter() - t0 < 15
         assert proc.returncode == 2 and hint in proc.stderr and "Traceback" not in proc.stderr
-        assert not (tmp_path / "o" / "preproc").exists()
+        assert not list((tmp_path / "o").glob("sub-*"))
     proc = _cli("run", "--bids", str(bids), "--out", str(tmp_path / "o"), "--methods", "lrp,gradcm")
     assert proc.returncode == 2 and "did you mean 'gradcam'" in proc.stderr
 
@@ -538,7 +536,9 @@ def test_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(tiny_run, tmp
     deadline = time.time() + 300
 
     def mid_training():  # the second base model has a checkpoint: killed inside an epoch loop
-        return first.exists() and list((out / "work" / "checkpoints").glob("fold-1_seed-1_*.pt"))
+        return first.exists() and list(
+            (out.parent / f"{out.name}_work" / "checkpoints").glob("fold-1_seed-1_*.pt")
+        )
 
     while not mid_training() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)

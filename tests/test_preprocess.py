@@ -221,7 +221,7 @@ def test_preprocess_subject_always_computes_and_is_deterministic(mni_image, tmp_
     data = nib.load(first["preproc"]).get_fdata()
     second = preprocess_subject("sub-01", path, out_dir, FAST)
     np.testing.assert_array_equal(nib.load(second["preproc"]).get_fdata(), data)
-    files = [p for p in (out_dir / "preproc").rglob("*") if p.is_file()]
+    files = [p for p in (out_dir / "sub-01").rglob("*") if p.is_file()]
     assert not [p for p in files if p.name.startswith(".")]  # no temporary files left
 
 
@@ -275,11 +275,11 @@ def test_cohort_failures_are_one_line_and_others_succeed(tmp_path):
         assert "\n" not in msg and "Traceback" not in msg
         assert pid in msg and path_of[pid] in msg and expected[pid] in msg
         assert "—" in msg  # carries what to do
-    qc = pd.read_csv(tmp_path / "out" / "preproc" / "qc.tsv", sep="\t")
+    qc = pd.read_csv(tmp_path / "out" / "qc.tsv", sep="\t")
     assert qc.columns.tolist() == ["participant_id", "reg_quality", "qc_png", "preproc", "mask"]
     assert qc["qc_png"].tolist() == [
-        "preproc/sub-ok1/anat/sub-ok1_desc-qc_T1w.png",
-        "preproc/sub-ok2/anat/sub-ok2_desc-qc_T1w.png",
+        "sub-ok1/figures/sub-ok1_desc-qc_T1w.png",
+        "sub-ok2/figures/sub-ok2_desc-qc_T1w.png",
     ]
     assert all((tmp_path / "out" / p).is_file() for p in qc["preproc"])
 
@@ -385,7 +385,7 @@ def test_native_brain_cache_is_shared_by_content_and_changes_nothing(mni_image, 
     assert len(list(cache.glob("*_desc-brain_T1w.json"))) == 1
     z = n4.model_copy(update={"intensity": "zscore"})
     second = preprocess_subject("sub-01", path, tmp_path / "b", z, native_cache=cache)
-    timings = json.loads(Path(second["preproc"]).with_name("sub-01_desc-preproc_T1w.json")
+    timings = json.loads(Path(second["preproc"].replace(".nii.gz", ".json"))
                          .read_text())["seconds"]  # fmt: skip
     assert "reading the native brain" in timings and "N4 bias-field correction" not in timings
     # the same bits as a computation with an empty cache

@@ -201,7 +201,7 @@ def make_fake_run(out, full=True, seed=0, n=60, atlases=None, res=4, evaluation=
     fig_bg = template_array("t1w", res)
     for i in range(10):
         pid = f"sub-IXI{i:03d}"
-        png = out / "preproc" / pid / "anat" / f"{pid}_qc.png"
+        png = out / pid / "figures" / f"{pid}_desc-qc_T1w.png"
         png.parent.mkdir(parents=True, exist_ok=True)
         fig = matplotlib.figure.Figure(figsize=(3, 2.4))
         ax = fig.add_subplot(1, 1, 1)
@@ -215,7 +215,7 @@ def make_fake_run(out, full=True, seed=0, n=60, atlases=None, res=4, evaluation=
                 "qc_png": str(png.relative_to(out)),
             }
         )
-    _write_tsv(out / "preproc" / "qc.tsv", pd.DataFrame(qc_rows))
+    _write_tsv(out / "qc.tsv", pd.DataFrame(qc_rows))
     # training logs
     for _cond in ("augmented",):
         for s in seeds:

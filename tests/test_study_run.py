@@ -143,7 +143,7 @@ def test_study_outputs_are_complete_and_consistent(cohort, undisturbed):
     keys = {preprocessing_key(r.config) for r in expand_study(STUDY, BASE)}
     assert {f"preproc-{k}" for k in keys} == set(shared)
     for run in runs["run"]:  # the runs read the shared scans and stack; none made its own
-        assert not list((out / "runs" / run / "preproc").rglob("*.nii.gz"))
+        assert not list((out / "runs" / run).glob("sub-*/anat/*.nii.gz"))
         assert not list((out / "runs" / run).rglob("volumes*.npy"))
     # every seed has the same test subjects (the split seed is the study's), so MAEs compare
     tests = {
@@ -272,7 +272,7 @@ def test_training_killed_mid_way_resumes_with_its_phase_checkpoints(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         run(c, tmp_path / "cut", cfg, progress=False, targets=["phases"])
     monkeypatch.setattr(StageProgress, "advance", original)
-    assert list((tmp_path / "cut" / "work" / "checkpoints").glob("*.pt"))
+    assert list((tmp_path / "cut_work" / "checkpoints").glob("*.pt"))
     run(c, tmp_path / "cut", cfg, progress=False, targets=["phases"])
     for p in sorted((tmp_path / "ref" / "models").rglob("*.pt")):
         q = tmp_path / "cut" / p.relative_to(tmp_path / "ref")

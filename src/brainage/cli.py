@@ -19,7 +19,10 @@ from brainage.errors import BrainageError
 
 app = typer.Typer(
     name="brainage",
-    help="Interpretable brain-age estimation from 3D MRI.",
+    help="Interpretable brain-age estimation from 3D MRI. Also a BIDS App: "
+    "`brainage BIDS_DIR OUTPUT_DIR participant|group [--participant-label …] [--work-dir DIR] "
+    "[--n-jobs N] [--omp-nthreads N] [--skip-bids-validation] [-v]` "
+    "(`brainage BIDS_DIR OUTPUT_DIR participant -h` for its options).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -53,7 +56,7 @@ MethodsOpt = Annotated[
 JobsOpt = Annotated[int | None, typer.Option("--n-jobs", help="Parallel workers.", min=1)]
 WorkOpt = Annotated[
     Path | None,
-    typer.Option("--work-dir", help="Folder for deletable caches (default: OUT/work)."),
+    typer.Option("--work-dir", help="Folder for deletable work files (default: OUT_work)."),
 ]
 
 
@@ -353,7 +356,16 @@ def main(argv: list[str] | None = None) -> None:
 
     err_console = Console(stderr=True, soft_wrap=True, highlight=False)
     exc = _click_exceptions()
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
+        from brainage.bids_app import is_bids_app_call
+
+        commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+        if is_bids_app_call(args, commands):
+            from brainage.bids_app import main as bids_app_main
+
+            bids_app_main(args)
+            return
         app(args=argv, standalone_mode=False, prog_name="brainage")
     except BrainageError as err:
         err_console.print(f"[bold red]error:[/] {err}")

@@ -349,10 +349,15 @@ class RunConfig(Section):
         Scheduler of an existing Dask cluster (``tcp://host:8786``).
     strict : bool
         Stop at the first subject that fails.
+    omp_nthreads : int, optional
+        Numerical threads (torch, OpenMP/BLAS, ITK) of each worker and of the main process
+        (BIDS-Apps ``--omp-nthreads``). Default: 1 per worker of a per-subject stage, and the
+        cores divided by ``n_jobs`` for a training worker.
     """
 
     section_path: ClassVar[str] = "run"
     n_jobs: Annotated[int, Field(ge=1)] = 2
+    omp_nthreads: Annotated[int, Field(ge=1)] | None = None
     backend: Literal["processes", "serial", "dask"] = "processes"
     dask_address: str | None = None
     strict: bool = False

@@ -35,7 +35,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{writer_tag()}.", suffix=f".tmp{suffix}",
+                               dir=path.parent)  # fmt: skip
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -46,6 +47,46 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def writer_tag() -> str:
+    """Return ``<host>-<pid>`` of this process, part of every temporary file's name."""
+    import socket
+
+    host = "".join(c for c in socket.gethostname() if c.isalnum()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def temporary_is_stale(path: str | Path, max_age_s: float = 86400.0) -> bool:
+    """Whether a temporary file of :func:`atomic_path` was left by a writer that is gone.
+
+    Its writer (host and pid in the name) is this process, or a process of this host that no
+    longer runs; a writer on another host (a shared file system) counts as gone when the file
+    is older than ``max_age_s``. Concurrent runs into one folder (BIDS-Apps participant jobs)
+    therefore never delete each other's files being written.
+    """
+    import re
+    import socket
+    import time
+
+    path = Path(path)
+    m = re.search(r"\.([A-Za-z0-9]+)-(\d+)\.[A-Za-z0-9_]+\.tmp", path.name)
+    host, pid = (m[1], m[2]) if m else ("", "")
+    here = "".join(c for c in socket.gethostname() if c.isalnum()) or "host"
+    if not pid.isdigit() or host != here:
+        try:
+            return time.time() - path.stat().st_mtime > max_age_s or not pid.isdigit()
+        except OSError:
+            return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def current_umask() -> int:
@@ -80,11 +121,38 @@ def write_json(path: str | Path, obj: Any) -> Path:
     )
 
 
-def write_tsv(path: str | Path, frame) -> Path:
-    """Write a :class:`pandas.DataFrame` atomically as a tab-separated file (``n/a`` = missing)."""
+def write_tsv(
+    path: str | Path, frame, descriptions: dict | None = None, dictionary: bool = True
+) -> Path:
+    """Write a :class:`pandas.DataFrame` atomically as a tab-separated file (``n/a`` = missing).
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination ``.tsv``.
+    frame : pandas.DataFrame
+        The table; written without its index.
+    descriptions : dict, optional
+        Data-dictionary entries of columns (``{"col": {"Description": …, "Units": …}}``) that
+        take precedence over :func:`brainage.io.dictionary.describe_column`.
+    dictionary : bool
+        Also write the BIDS data dictionary ``<name>.json`` beside the table (before it, so a
+        table never lacks its dictionary): an entry for every documented column.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    if dictionary:
+        from brainage.io.dictionary import data_dictionary
+
+        entries = data_dictionary(list(frame.columns), path.name, descriptions)
+        write_json(path.with_suffix(".json"), entries)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
-    return Path(path)
+    return path
 
 
 def _json_default(obj: Any) -> Any:

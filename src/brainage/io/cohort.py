@@ -8,6 +8,7 @@ or scored.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from brainage.errors import InputError
+
+log = logging.getLogger("brainage")
 
 #: Names accepted for the T1w image column of a cohort table, in order of preference.
 IMAGE_COLUMNS = ("t1w", "T1w", "path", "image", "image_path", "t1w_path")
@@ -258,9 +261,19 @@ def read_bids(path: str | Path, strict: bool = False) -> Cohort:
         )
         if found:
             images[sub_dir.name] = str(found[0])
+            if len(found) > 1:
+                log.warning(
+                    "%s has %d T1w scans; using %s (one scan per subject: sessions and runs "
+                    "are not yet read separately)", sub_dir.name, len(found), found[0].name,
+                )  # fmt: skip
     known = set(parts["participant_id"])
     extra = [pid for pid in images if pid not in known]
     if extra:
+        log.warning(
+            "%d subject(s) with images are not in participants.tsv (%s): they are predicted "
+            "with unknown age, never trained on or scored; add them to %s to use them",
+            len(extra), ", ".join(extra[:5]) + (" …" if len(extra) > 5 else ""), tsv,
+        )  # fmt: skip
         parts = pd.concat(
             [parts, pd.DataFrame({"participant_id": extra, "age": ["n/a"] * len(extra)})],
             ignore_index=True,

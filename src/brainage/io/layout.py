@@ -5,15 +5,17 @@ else builds output paths with f-strings or parses them with regular expressions.
 BIDS labels (letters and digits only): ``res-2``, ``res-1p5``, ``method-guidedbackprop``,
 ``atlas-harvardoxford``, ``desc-lrpepsilongammabox``.
 
-Layout of ``OUT`` (a BIDS-derivatives-like folder)::
+Layout of ``OUT``, a BIDS derivative dataset (the layout of fMRIPrep: subject folders at the
+root; what BIDS does not cover is listed in ``.bidsignore``, see :meth:`RunLayout.bidsignore`)::
 
-    config.yaml, provenance.json, dataset_description.json
-    cohort.tsv, splits.tsv, failures.tsv
-    preproc/sub-<id>/anat/…                  preprocessed scans (see :meth:`RunLayout.preproc`)
+    dataset_description.json, README, .bidsignore
+    config.yaml, provenance.json, logs/brainage.log
+    cohort.tsv, splits.tsv, failures.tsv, qc.tsv     every TSV with a JSON data dictionary
+    sub-<id>/anat/…                  preprocessed scans, sidecars (:meth:`RunLayout.preproc`)
+    sub-<id>/figures/sub-<id>_desc-qc_T1w.png  QC picture
     models/[fold-<k>/]seed-<n>/               model.pt, model.json, training_log.tsv, unoise.pt
     models/[fold-<k>/]space-<tpl>_res-<r>_desc-trainingmean_T1w.nii.gz   reference image
-    predictions.tsv (+ predictions.json data dictionary), metrics.tsv, ensemble.json,
-    bias_correction.json
+    predictions.tsv, metrics.tsv, ensemble.json, bias_correction.json
     explain/method-<m>/[seed-<n>/]sub-<id>_space-<tpl>_res-<r>_desc-<m>_relevance.nii.gz
     population/method-<m>_space-<tpl>_res-<r>_{stat-mean,desc-top10}_relevance.nii.gz
     regions/method-<m>_atlas-<a>_regions.tsv
@@ -26,8 +28,12 @@ Layout of ``OUT`` (a BIDS-derivatives-like folder)::
     evaluation/xai.tsv, lesions.tsv, method-<m>_xai.tsv, randomisation/method-<m>.tsv,
     evaluation/truth/sub-<id>_desc-<effect>_mask.nii.gz
     records/<stage>/<item>.json               one record per computed item (the completion marker)
-    work/                                      caches that can be deleted without losing results
     report.html
+
+Work files that can be deleted without losing results (stacked model inputs, training
+checkpoints, the native-space preprocessing cache) are outside the derivative: in ``--work-dir``,
+by default the folder ``<OUT>_work`` beside ``OUT`` (fMRIPrep's convention of a separate work
+directory).
 """
 
 from __future__ import annotations
@@ -37,6 +43,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainage.errors import ConfigError, InputError
+
+#: Run-level files of ``OUT`` that BIDS does not cover (listed in ``.bidsignore``, each TSV with
+#: its JSON data dictionary).
+RUN_FILES = (
+    "config.yaml",
+    "provenance.json",
+    "cohort.tsv",
+    "splits.tsv",
+    "failures.tsv",
+    "qc.tsv",
+    "predictions.tsv",
+    "metrics.tsv",
+    "ensemble.json",
+    "bias_correction.json",
+    "report.html",
+)
+
+#: Run-level folders of ``OUT`` that BIDS does not cover (listed in ``.bidsignore``).
+RUN_FOLDERS = (
+    "models", "explain", "population", "regions", "phases", "stats", "evaluation", "records",
+    "logs",
+)  # fmt: skip
 
 #: Template space of every map (MNI152 2009a, symmetric, non-linear; nilearn's template).
 TEMPLATE_SPACE = "MNI152NLin2009aSym"
@@ -123,7 +151,8 @@ class RunLayout:
         Grid of the model inputs and the relevance maps (``train.resolution_mm``).
     work_dir : Path, optional
         Folder for caches that can be deleted without losing results (``--work-dir``; e.g. a
-        fast local disk on a cluster node). Default ``OUT/work``.
+        fast local disk on a cluster node). Default ``<OUT>_work``, beside ``OUT`` and so
+        outside the BIDS derivative.
     """
 
     root: Path
@@ -144,18 +173,11 @@ class RunLayout:
     def file(self, name: str) -> Path:
         """Return a run-level file by name (``"predictions.tsv"``, ``"splits.tsv"``, …)."""
         known = {
-            "config.yaml",
-            "provenance.json",
+            *RUN_FILES,
             "dataset_description.json",
-            "cohort.tsv",
-            "splits.tsv",
-            "failures.tsv",
-            "predictions.tsv",
+            "README",
+            ".bidsignore",
             "predictions.json",
-            "metrics.tsv",
-            "ensemble.json",
-            "bias_correction.json",
-            "report.html",
         }
         if name not in known:
             raise ConfigError(f"no run-level file {name!r}; known: {', '.join(sorted(known))}")
@@ -177,7 +199,7 @@ class RunLayout:
             ``.mat``, ``.h5`` for SyN), ``qc_png``, ``sidecar``.
         """
         sub = subject_label(participant_id)
-        folder = self.root / "preproc" / sub / "anat"
+        folder = self.root / sub / "anat"
         space = f"space-{TEMPLATE_SPACE}_res-{res_label(resolution_mm)}"
         ext = "h5" if register == "syn" else "mat"
         return {
@@ -186,14 +208,30 @@ class RunLayout:
             "mask": folder / f"{sub}_{space}_desc-brain_mask.nii.gz",
             "xfm": folder / f"{sub}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.{ext}",
             "inverse_xfm": folder / f"{sub}_from-{TEMPLATE_SPACE}_to-T1w_mode-image_xfm.{ext}",
-            "qc_png": folder / f"{sub}_desc-qc_T1w.png",
-            "sidecar": folder / f"{sub}_desc-preproc_T1w.json",
+            "qc_png": self.root / sub / "figures" / f"{sub}_desc-qc_T1w.png",
+            "sidecar": folder / f"{sub}_{space}_desc-preproc_T1w.json",
+            "mask_sidecar": folder / f"{sub}_{space}_desc-brain_mask.json",
         }
 
     @property
     def qc_table(self) -> Path:
-        """``OUT/preproc/qc.tsv``."""
-        return self.root / "preproc" / "qc.tsv"
+        """``OUT/qc.tsv``: registration quality and QC picture of every subject."""
+        return self.root / "qc.tsv"
+
+    def bidsignore(self) -> list[str]:
+        """Lines of ``OUT/.bidsignore``: what the run writes that BIDS does not cover.
+
+        The run-level files and folders (each TSV with its ``.json`` data dictionary), the QC
+        figures and transforms (as fMRIPrep does: ``figures``, ``*_xfm.*``) and the HTML report.
+        """
+        files = []
+        for name in RUN_FILES:
+            files.append(f"/{name}")
+            if name.endswith(".tsv"):
+                files.append(f"/{name[:-4]}.json")
+        # folders without a trailing slash: bids-validator 2+ matches ``/models`` but not
+        # ``/models/`` against the folder itself
+        return [*files, *(f"/{d}" for d in RUN_FOLDERS), "**/figures", "*_xfm.*", "*.html"]
 
     # ------------------------------------------------------------------ models
     def model_dir(self, seed: int | str, fold: int | None = None) -> Path:
@@ -349,8 +387,10 @@ class RunLayout:
 
     @property
     def work(self) -> Path:
-        """Caches (stacked model inputs, training checkpoints) that can be deleted: ``OUT/work``."""
-        return self.work_dir if self.work_dir is not None else self.root / "work"
+        """Deletable caches (model inputs, checkpoints): ``--work-dir`` or ``<OUT>_work``."""
+        if self.work_dir is not None:
+            return self.work_dir
+        return self.root.parent / f"{self.root.name}_work"
 
     def volumes(self) -> Path:
         """Stacked model inputs, shape (n, 1, i, j, k), float32 (``.npy``, memory-mapped)."""

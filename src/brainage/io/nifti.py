@@ -93,8 +93,17 @@ def _clean_header(img, dtype) -> nib.Nifti1Header:
     return header
 
 
+#: NIfTI ``qform_code`` / ``sform_code`` per coordinate space: 1 scanner anatomical, 4 MNI152.
+XFORM_CODES = {"scanner": 1, "template": 4}
+
+
 def save_nifti(
-    data: np.ndarray, affine: np.ndarray, path: str | Path, dtype=np.float32, metadata=None
+    data: np.ndarray,
+    affine: np.ndarray,
+    path: str | Path,
+    dtype=np.float32,
+    metadata=None,
+    space: str = "template",
 ) -> Path:
     """Write a volume to NIfTI atomically.
 
@@ -111,6 +120,9 @@ def save_nifti(
     metadata : dict, optional
         Written into the header's description field (at most 80 characters), e.g. ``{"space":
         "MNI152NLin2009aSym"}``.
+    space : {"template", "scanner"}
+        Space of ``affine``: MNI152 template space (default; ``sform_code`` and ``qform_code``
+        4, NIFTI_XFORM_MNI_152) or a scanner's native space (code 1). Spatial units are mm.
 
     Returns
     -------
@@ -121,9 +133,12 @@ def save_nifti(
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4):
         raise DimensionError(f"'affine' must have shape (4, 4); got {affine.shape}")
+    if space not in XFORM_CODES:
+        raise ValueError(f"'space' must be one of {sorted(XFORM_CODES)}; got {space!r}")
     img = nib.Nifti1Image(data.astype(dtype, copy=False), affine)
-    img.header.set_qform(affine, code=1)
-    img.header.set_sform(affine, code=1)
+    img.header.set_qform(affine, code=XFORM_CODES[space])
+    img.header.set_sform(affine, code=XFORM_CODES[space])
+    img.header.set_xyzt_units("mm", "sec")
     if metadata:
         desc = ";".join(f"{k}={v}" for k, v in metadata.items())[:79]
         img.header["descrip"] = desc.encode()

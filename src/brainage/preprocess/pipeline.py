@@ -1,20 +1,21 @@
-"""Preprocess one subject or a whole cohort into ``OUT/preproc`` (METHODS §2).
+"""Preprocess one subject or a whole cohort into ``OUT/sub-<id>/anat`` (METHODS §2).
 
 Per subject: load and validate the T1w → deepbet brain mask in native space → N4 bias-field
 correction inside the mask → registration of the brain to the skull-stripped MNI152NLin2009aSym
 template (ANTs affine or SyN) → image and mask resampled onto the template grid
 (:func:`brainage.space.template_grid`) → intensity scaling → files, QC picture and sidecar.
 
-Output layout (BIDS derivatives; ``<res>`` is the resolution in mm, e.g. ``2`` or ``1p5``)::
+Output layout (BIDS derivatives, as fMRIPrep; ``<res>`` is the resolution in mm, ``2``, ``1p5``)::
 
-    OUT/preproc/sub-<id>/anat/
+    OUT/sub-<id>/anat/
         sub-<id>_space-MNI152NLin2009aSym_res-<res>_desc-preproc_T1w.nii.gz   model input
         sub-<id>_space-MNI152NLin2009aSym_res-<res>_desc-brain_mask.nii.gz    uint8 brain mask
+        sub-<id>_space-MNI152NLin2009aSym_res-<res>_desc-brain_mask.json      mask sidecar
         sub-<id>_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat            native → template
         sub-<id>_from-MNI152NLin2009aSym_to-T1w_mode-image_xfm.mat            template → native
-        sub-<id>_desc-qc_T1w.png                                              QC picture
-        sub-<id>_desc-preproc_T1w.json                                        sidecar, written last
-    OUT/preproc/qc.tsv
+        sub-<id>_space-MNI152NLin2009aSym_res-<res>_desc-preproc_T1w.json     sidecar, written last
+    OUT/sub-<id>/figures/sub-<id>_desc-qc_T1w.png                             QC picture
+    OUT/qc.tsv
 
 (``.h5`` composite transforms instead of ``.mat`` for ``register="syn"``.) The sidecar holds the
 configuration, the SHA-256 of the input file and the registration quality. Every file is written
@@ -98,6 +99,26 @@ def subject_files(out_dir: str | Path, participant_id: str, config: PreprocessCo
     return RunLayout(Path(out_dir)).preproc(participant_id, config.resolution_mm, config.register)
 
 
+def _steps_done(config: PreprocessConfig) -> list[str]:
+    steps_done = ["skull-stripped (deepbet)"] if config.skull_strip else []
+    steps_done += ["N4 bias-field corrected"] if config.bias_correct else []
+    reg = {"none": "resampled (already in MNI space)", "rigid": "rigidly aligned",
+           "affine": "affinely registered", "syn": "non-linearly registered (SyN)"}  # fmt: skip
+    steps_done.append(f"{reg.get(config.register, config.register)} to {TEMPLATE_SPACE}")
+    return steps_done
+
+
+def _bids_sidecar(config: PreprocessConfig, source: str) -> dict:
+    """BIDS-Derivatives keys of an image on the template grid."""
+    res = config.resolution_mm
+    return {
+        "Sources": [source],
+        "SpatialReference": TEMPLATE_SPACE,
+        "Resolution": {res_label(res): f"{res:g} mm isotropic voxels on brainage's "
+                       f"{TEMPLATE_SPACE} grid (brainage.space.template_grid)"},
+    }  # fmt: skip
+
+
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -177,8 +198,8 @@ def _native_brain(img, input_hash, pid, t1w_path, config, timer, check, cache):
     meta_path = folder / f"{key}_desc-brain_T1w.json"
     if not (meta_path.exists() and image_path.exists() and mask_path.exists()):
         brain, mask, volume = _compute_native_brain(img, pid, t1w_path, config, timer, check)
-        save_nifti(np.asarray(brain.dataobj, np.float32), brain.affine, image_path)
-        save_nifti(mask.astype(np.uint8), brain.affine, mask_path, np.uint8)
+        save_nifti(np.asarray(brain.dataobj, np.float32), brain.affine, image_path, space="scanner")
+        save_nifti(mask.astype(np.uint8), brain.affine, mask_path, np.uint8, space="scanner")
         write_json(meta_path, {"participant_id": pid, "input_hash": input_hash,
                                "brain_volume_cm3": float(volume), "key": key})  # fmt: skip
     import json
@@ -219,6 +240,7 @@ def preprocess_subject(
     out_dir: str | Path,
     config: PreprocessConfig | None = None,
     native_cache: str | Path | None = None,
+    source_uri: str | None = None,
 ) -> dict:
     """Preprocess one T1w scan into template space (see the module docstring).
 
@@ -230,7 +252,7 @@ def preprocess_subject(
         3D T1w NIfTI in native (scanner) space, with skull unless ``config.skull_strip`` is
         False; in MNI space when ``config.register == "none"``.
     out_dir : str or Path
-        Run output folder ``OUT``; files go to ``OUT/preproc/sub-<id>/anat``.
+        Run output folder ``OUT``; files go to ``OUT/sub-<id>/anat`` and ``…/figures``.
     config : PreprocessConfig, optional
         Defaults to ``PreprocessConfig()`` (2 mm, deepbet, N4, affine, min-max).
     native_cache : str or Path, optional
@@ -238,6 +260,10 @@ def preprocess_subject(
         :func:`native_brain_key`: reused when present, written when not. Preprocessings that
         differ only in registration, intensity scaling or grid then strip and correct each
         scan once.
+    source_uri : str, optional
+        BIDS URI of the input (``bids:raw:sub-01/anat/sub-01_T1w.nii.gz``,
+        :func:`brainage.io.derivatives.bids_uri`) for the sidecars' ``Sources``; default its
+        ``file://`` URI.
 
     Returns
     -------
@@ -340,11 +366,15 @@ def preprocess_subject(
             )
     seconds = {k: round(v, 3) for k, v in timer.seconds.items()}
     seconds["total"] = round(time.perf_counter() - t0, 3)
+    source = source_uri or t1w_path.resolve().as_uri()
+    bids = _bids_sidecar(config, source)
     sidecar = {
+        "Description": "T1w scan preprocessed by brainage: "
+        + ", ".join(_steps_done(config))
+        + f"; intensities scaled ({config.intensity}).",
+        **bids,
+        "SkullStripped": bool(config.skull_strip),
         "participant_id": pid,
-        "Sources": [str(t1w_path.resolve())],
-        "SpatialReference": TEMPLATE_SPACE,
-        "resolution_mm": config.resolution_mm,
         "input_hash": input_hash,
         "preproc_version": PREPROC_VERSION,
         "config": config.to_dict(),
@@ -352,8 +382,13 @@ def preprocess_subject(
         "brain_volume_cm3": round(float(volume), 1),
         "seconds": seconds,
         "versions": _versions(),
-        "files": {k: v.name for k, v in files.items() if k not in ("folder", "sidecar")},
+        "files": {
+            k: v.name for k, v in files.items() if k not in ("folder", "sidecar", "mask_sidecar")
+        },
     }
+    mask_sidecar = {"Description": "Brain mask (deepbet, then resampled to the template grid).",
+                    "Type": "Brain", **bids}  # fmt: skip
+    write_json(files["mask_sidecar"], mask_sidecar)
     write_json(files["sidecar"], sidecar)
     return _row(pid, files, reg_quality, seconds)
 
@@ -412,7 +447,7 @@ def preprocess_cohort(
     -------
     PreprocessResult
         ``table`` (one row per success, cohort order) and ``failures``. Also writes
-        ``OUT/preproc/qc.tsv`` (``participant_id, reg_quality, qc_png, preproc, mask``; paths
+        ``OUT/qc.tsv`` (``participant_id, reg_quality, qc_png, preproc, mask``; paths
         relative to ``OUT``) atomically.
 
     Raises

@@ -191,7 +191,7 @@ def read_run_folder(out_dir) -> RunFolder:
     run.failures = _optional(run, root / "failures.tsv", read_tsv)
     run.qc = _optional(
         run,
-        root / "preproc" / "qc.tsv",
+        root / "qc.tsv",
         lambda p: _require(read_tsv(p), ["participant_id", "reg_quality"], p),
     )
     run.metrics = _optional(

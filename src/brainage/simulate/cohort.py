@@ -311,7 +311,7 @@ def simulate_cohort(
 def _write_tables(root: Path, truth: pd.DataFrame, parameters: dict, digest: str, seconds: float):
     participants = truth[["participant_id", "age", "sex"]].copy()
     participants["age"] = participants["age"].map(lambda a: f"{a:.2f}")
-    write_tsv(root / "participants.tsv", participants)
+    write_tsv(root / "participants.tsv", participants, dictionary=False)
     write_json(
         root / "participants.json",
         {
@@ -343,7 +343,7 @@ def _write_tables(root: Path, truth: pd.DataFrame, parameters: dict, digest: str
         },
     )
     truth_root = root / "derivatives" / "truth"
-    write_tsv(truth_root / "truth.tsv", truth)
+    write_tsv(truth_root / "truth.tsv", truth, dictionary=False)
     write_json(truth_root / "truth.json", _TRUTH_COLUMNS)
     write_json(
         truth_root / "dataset_description.json",

@@ -21,6 +21,7 @@ from brainage.config import DEMO_OVERRIDES, Config, dump_config, load_config
 from brainage.errors import ConfigError, InputError
 from brainage.io.atomic import write_json, write_text
 from brainage.io.cohort import Cohort
+from brainage.io.derivatives import source_name, write_derivative_metadata
 from brainage.io.layout import RunLayout
 from brainage.workflow.progress import setup_logging
 from brainage.workflow.records import read_records
@@ -82,17 +83,6 @@ def _context(cohort: Cohort, layout: RunLayout, cfg: Config, progress: bool, **k
     return ctx
 
 
-def _dataset_description(cfg: Config, source: str) -> dict:
-    return {
-        "Name": "brainage run",
-        "BIDSVersion": "1.9.0",
-        "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "brainage", "Version": __version__}],
-        "SourceDatasets": [{"URL": str(source)}],
-        "brainage": {"config": cfg.to_dict(), "seeds": cfg.seeds},
-    }
-
-
 def _library_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -114,12 +104,20 @@ def _execute(ctx: RunContext, targets, stages, report_name="run") -> RunResult:
     layout, cfg = ctx.layout, ctx.config
     layout.root.mkdir(parents=True, exist_ok=True)
     setup_logging(layout.root / "logs" / "brainage.log", console=ctx.progress)
+    if cfg.run.omp_nthreads:
+        from brainage.parallel import limit_threads
+
+        limit_threads(cfg.run.omp_nthreads)
     removed = remove_stale_temporaries(layout.root)
     if removed:
         log.debug("removed %d temporary file(s) of an interrupted run", removed)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     write_text(layout.config, dump_config(cfg))
-    write_json(layout.file("dataset_description.json"), _dataset_description(cfg, ctx.source))
+    root = ctx.raw_root
+    write_derivative_metadata(
+        layout, f"brainage: {source_name(root)}", root, {**cfg.to_dict(), "seeds": cfg.seeds},
+        str(ctx.source),
+    )  # fmt: skip
     n_age = int(ctx.cohort["age"].notna().sum())
     log.info("cohort: %d subjects from %s (%d with age)", len(ctx.cohort), ctx.source, n_age)
     runner = Runner(ctx, stages, provided=MODEL_STAGES if ctx.mode == "apply" else ())
@@ -275,7 +273,10 @@ def cohort_of_run(layout: RunLayout) -> Cohort:
     if desc.exists():
         import json
 
-        source = json.loads(desc.read_text()).get("SourceDatasets", [{}])[0].get("URL", "")
+        meta = json.loads(desc.read_text())
+        source = meta.get("brainage", {}).get("source") or meta.get("SourceDatasets", [{}])[0].get(
+            "URL", ""
+        )
     truth = Path(source) / "derivatives" / "truth" if source else None
     cols = [c for c in table.columns if c != "split"]
     return Cohort(table[cols], source, [], truth if truth and truth.is_dir() else None)

@@ -217,14 +217,19 @@ def _compute_item(stage: Stage, ctx: RunContext, parent_pid: int, task: tuple[st
 
 
 def remove_stale_temporaries(root: Path) -> int:
-    """Delete temporary files left by a killed run (``.<name>.<random>.tmp…``, see io.atomic).
+    """Delete temporary files left by a killed run (``.<name>.<host>-<pid>.<random>.tmp…``).
+
+    Only those whose writer is gone (:func:`brainage.io.atomic.temporary_is_stale`): another run
+    writing into the same folder keeps its files.
 
     Returns
     -------
     int
         Number of files removed.
     """
-    stale = [p for p in Path(root).rglob(".*.tmp*") if p.is_file()]
+    from brainage.io.atomic import temporary_is_stale
+
+    stale = [p for p in Path(root).rglob(".*.tmp*") if p.is_file() and temporary_is_stale(p)]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)

@@ -85,7 +85,7 @@ class RunContext:
         ``validation``, ``test`` or ``predict``) in that outer fold; empty for ``holdout``.
     native_cache : Path or None
         Folder of native-space brains (skull-stripped, N4-corrected) keyed by content, shared
-        by preprocessings that differ only after those steps (default ``OUT/work/native``).
+        by preprocessings that differ only after those steps (default ``<work>/native``).
     """
 
     layout: RunLayout
@@ -107,6 +107,13 @@ class RunContext:
             self.models = self.layout
         if self.native_cache is None:
             self.native_cache = self.layout.work / "native"
+
+    @property
+    def raw_root(self) -> Path:
+        """Root of the input dataset, that ``bids:raw:`` URIs in sidecars are relative to."""
+        from brainage.io.derivatives import raw_root
+
+        return raw_root(self.source, self.cohort["t1w"] if "t1w" in self.cohort else ())
 
     # ------------------------------------------------------------------ cohort helpers
     def ok_subjects(self) -> list[str]:
@@ -225,8 +232,8 @@ class Stage:
         return 1
 
     def threads_per_task(self, ctx: RunContext) -> int:
-        """Numerical threads of each worker process of a parallel stage (default 1)."""
-        return 1
+        """Numerical threads of each worker of a parallel stage (``run.omp_nthreads``, else 1)."""
+        return ctx.config.run.omp_nthreads or 1
 
     def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
         """Compute one item; write its outputs atomically; return them."""

@@ -370,8 +370,8 @@ class PredictStage(Stage):
         scored = np.isfinite(ages) & np.isin(split, ["test"])
         interval_fit = interval_scores(ages[scored], lower[scored], upper[scored])
         outputs = {
-            "predictions": write_tsv(layout.file("predictions.tsv"), pred),
-            "dictionary": write_json(layout.file("predictions.json"), dictionary),
+            "predictions": write_tsv(layout.file("predictions.tsv"), pred, dictionary),
+            "dictionary": layout.file("predictions.json"),
             "metrics": write_tsv(
                 layout.file("metrics.tsv"), pd.DataFrame(metrics, columns=METRIC_COLUMNS)
             ),

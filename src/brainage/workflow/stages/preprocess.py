@@ -2,7 +2,8 @@
 
 Keyed by the bytes of the T1w image and the ``preprocess`` section; a subject that fails is listed
 in ``failures.tsv`` and the others go on (``run.strict`` stops at the first). Writes
-``preproc/qc.tsv`` and ``failures.tsv`` from the records.
+``qc.tsv`` and ``failures.tsv`` from the records. Outputs: ``OUT/sub-<id>/anat`` (BIDS
+derivatives, see :mod:`brainage.preprocess.pipeline`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class PreprocessStage(Stage):
     """See the module docstring."""
 
     name = "preprocess"
-    version = PREPROC_VERSION
+    version = f"{PREPROC_VERSION}.bids"  # .bids: outputs in OUT/sub-<id>/anat, BIDS sidecars
     parallel = True
     tolerate = (InputError,)
 
@@ -47,11 +48,14 @@ class PreprocessStage(Stage):
         return str(row["t1w"].iloc[0])
 
     def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
+        from brainage.io.derivatives import bids_uri
         from brainage.preprocess import preprocess_subject
 
+        t1w = self._t1w(ctx, item)
         row = preprocess_subject(
-            item, self._t1w(ctx, item), ctx.layout.root, ctx.config.preprocess, ctx.native_cache
-        )
+            item, t1w, ctx.layout.root, ctx.config.preprocess, ctx.native_cache,
+            source_uri=bids_uri(t1w, ctx.raw_root),
+        )  # fmt: skip
         files = {k: row[k] for k in ("preproc", "mask", "xfm", "inverse_xfm", "qc_png")}
         return ItemResult(
             files,

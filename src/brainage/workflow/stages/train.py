@@ -7,7 +7,7 @@ training and validation subjects — not by any test subject, so changing a test
 age retrains nothing (unless ``train.log_test_mae`` monitors the test subjects, as in a study: then
 they are inputs too). The items run on the executor (local processes or Dask, with the machine's
 threads shared between the workers). Training checkpoints every epoch into
-``OUT/work/checkpoints`` (named by the item's key), so a killed run resumes mid-training, and a
+``<work>/checkpoints`` (named by the item's key), so a killed run resumes mid-training, and a
 checkpoint of other inputs is never resumed.
 """
 
@@ -169,6 +169,8 @@ class TrainStage(Stage):
     def threads_per_task(self, ctx: RunContext) -> int:
         import os
 
+        if ctx.config.run.omp_nthreads:
+            return ctx.config.run.omp_nthreads
         return max(1, (os.cpu_count() or 1) // max(1, ctx.config.run.n_jobs))
 
     def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:

@@ -1,8 +1,8 @@
 """Stage ``volumes``: the preprocessed scans stacked on the model grid (a deletable cache).
 
-One ``.npy`` (n, 1, i, j, k) float32 under ``OUT/work``, memory-mapped by the later stages; its
-record lists the participant order. Keyed by the preprocessing keys of every usable subject and
-the model resolution.
+One ``.npy`` (n, 1, i, j, k) float32 in the work directory (``--work-dir``, default
+``<OUT>_work``), memory-mapped by the later stages; its record lists the participant order.
+Keyed by the preprocessing keys of every usable subject and the model resolution.
 """
 
 from __future__ import annotations
