@@ -35,4 +35,4 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_pipeline.py
 
 clean:
-	rm -rf $(VENV) brainage-demo .pytest_cache
+	rm -rf $(VENV) brainage-demo brainage-demo_work .pytest_cache

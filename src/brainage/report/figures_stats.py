@@ -127,7 +127,9 @@ def rank_chart_figure(ranks: pd.DataFrame, n: int = 10, title: str | None = None
         ax.annotate(str(region).replace("_", " "), (x[-1], y[-1]), xytext=(6, 0),
                     textcoords="offset points", va="center", fontsize=7, color=color)  # fmt: skip
     ax.set_xticks(x)
-    ax.set_xticklabels(conds, fontsize=8, rotation=30 if len(conds) > 5 else 0)
+    crowded = len(conds) > 5 or sum(len(str(c)) for c in conds) > 48  # labels would touch
+    ax.set_xticklabels(conds, fontsize=8, rotation=30 if crowded else 0,
+                       ha="right" if crowded else "center")  # fmt: skip
     ax.invert_yaxis()
     ax.set_ylabel("rank (1 = most relevant)")
     ax.set_xlim(-0.3, len(conds) - 0.4 + 1.8)

@@ -123,10 +123,13 @@ def agreement_figure(agreement: pd.DataFrame) -> Figure:
         ax.set_xticklabels([f"phase {p}" if p != "final" else "final" for p in phases],
                            fontsize=8, rotation=30 if len(phases) > 4 else 0)  # fmt: skip
         ax.set_title(f"voxels above each seed's {100 * q:g} % quantile", fontsize=9)
-        ax.set_ylim(0, 1 - q)  # at most the kept fraction can agree
+        # a majority of seeds can keep more voxels than each seed does: scale to the data
+        top = np.nanmax(agreement.loc[agreement["quantile"] == q, "fraction"].to_numpy(float),
+                        initial=0.0)  # fmt: skip
+        ax.set_ylim(0, min(1.0, 1.12 * top) if top > 0 else 1 - q)
         _style(ax)
     axes[0].set_ylabel("agreeing voxels (fraction of brain)")
-    axes[-1].legend(fontsize=7.5, frameon=False)
+    axes[-1].legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
