@@ -295,7 +295,7 @@ def make_fake_run(out, full=True, seed=0, n=60, atlases=None, res=4, evaluation=
                 "BIDSVersion": "1.9.0",
                 "DatasetType": "derivative",
                 "GeneratedBy": [{"Name": "brainage", "Version": "0.1.0"}],
-                "brainage": {"config": {"model": "hofmann"}, "seeds": [0, 1, 2]},
+                "brainage": {"config": {"model": "hofmann"}, "seeds": [0, 1, 2], "synthetic": True},
             }
         )
     )
@@ -371,6 +371,13 @@ def test_report_shows_regions_bias_qc_failures_provenance(full_run):
     for method in ("guided_backprop", "lrp"):
         path = RunLayout(full_run, 4).regions(method, "toy")
         assert path.exists() and str(path.relative_to(full_run)) in html
+
+
+def test_report_says_when_the_data_are_synthetic(full_run, tmp_path):
+    html = write_report(full_run).read_text()
+    assert "<b>Synthetic data.</b>" in html and "<title>brainage run on synthetic data" in html
+    real = make_fake_run(tmp_path / "real", full=False)  # no dataset_description: not synthetic
+    assert "Synthetic data." not in write_report(real).read_text()
 
 
 def test_report_with_only_predictions(tmp_path):

@@ -140,6 +140,7 @@ def build_context(run: RunFolder, title: str | None = None) -> dict:
         "generated": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "version": (run.provenance or {}).get("version") or brainage.__version__,
         "run_dir": str(run.root.resolve()),
+        "synthetic": bool((desc.get("brainage") or {}).get("synthetic")),
     }
     sanity = _sanity(run)
     context["summary"] = _summary(run, metrics, cohort)

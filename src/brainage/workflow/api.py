@@ -21,7 +21,7 @@ from brainage.config import DEMO_OVERRIDES, Config, dump_config, load_config
 from brainage.errors import ConfigError, InputError
 from brainage.io.atomic import write_json, write_text
 from brainage.io.cohort import Cohort
-from brainage.io.derivatives import source_name, write_derivative_metadata
+from brainage.io.derivatives import is_synthetic, source_name, write_derivative_metadata
 from brainage.io.layout import RunLayout
 from brainage.workflow.progress import setup_logging
 from brainage.workflow.records import read_records
@@ -114,9 +114,11 @@ def _execute(ctx: RunContext, targets, stages, report_name="run") -> RunResult:
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     write_text(layout.config, dump_config(cfg))
     root = ctx.raw_root
+    synthetic = is_synthetic(root)
     write_derivative_metadata(
-        layout, f"brainage: {source_name(root)}", root, {**cfg.to_dict(), "seeds": cfg.seeds},
-        str(ctx.source),
+        layout, f"brainage: {source_name(root)}", root,
+        {"config": cfg.to_dict(), "seeds": cfg.seeds, "source": str(ctx.source),
+         "synthetic": synthetic},
     )  # fmt: skip
     n_age = int(ctx.cohort["age"].notna().sum())
     log.info("cohort: %d subjects from %s (%d with age)", len(ctx.cohort), ctx.source, n_age)
