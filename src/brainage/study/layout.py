@@ -4,7 +4,8 @@ Layout of ``STUDY_OUT``::
 
     study.yaml                          the resolved study file (every default written)
     shared/preproc-<hash>/              preprocessing shared by the conditions with the same
-                                        ``preprocess`` section (a run folder: preproc/, records/)
+                                        ``preprocess`` section (a run folder: sub-*/, records/;
+                                        its stack of model inputs in preproc-<hash>_work/)
     shared/native/                      skull-stripped, N4-corrected native brains (by content)
     runs/cond-<c>_seed-<n>/             one run folder per (condition, seed) (RunLayout)
     runs.tsv                            one row per run: status, best / last test MAE, epochs
