@@ -380,6 +380,20 @@ def test_report_says_when_the_data_are_synthetic(full_run, tmp_path):
     assert "Synthetic data." not in write_report(real).read_text()
 
 
+def test_subject_table_lists_everyone_and_flags_qc_outliers(full_run):
+    from brainage.report.section_run import qc_threshold
+
+    html = (full_run / "report.html").read_text()
+    pred = pd.read_csv(full_run / "predictions.tsv", sep="\t")
+    table = html.split('id="subject-table"')[1].split("</table>")[0]
+    assert table.count("<tr") == len(pred) + 1  # header + one row per subject
+    assert all(f">{pid}<" in table for pid in pred["participant_id"])
+    # the robust rule: median − 3 × 1.4826 × MAD
+    values = [0.50, 0.52, 0.54, 0.56, 0.58, 0.60, 0.10]
+    assert qc_threshold(values) == pytest.approx(0.54 - 3 * 1.4826 * 0.04)
+    assert qc_threshold(values[:4]) is None
+
+
 def test_report_with_only_predictions(tmp_path):
     out = make_fake_run(tmp_path / "OUT", full=False)
     path = write_report(out)

@@ -31,6 +31,7 @@ from brainage.report.section_run import (
     _failures_section,
     _provenance_section,
     _qc_section,
+    _subjects_section,
 )
 from brainage.report.section_stats import _gap_section, _stats_section
 from brainage.report.section_subgroups import _stability_section, _subgroups_section
@@ -163,6 +164,7 @@ def build_context(run: RunFolder, title: str | None = None) -> dict:
     context["stats"] = _safe("statistics", run, _stats_section, run)
     context["gap_stats"] = _safe("brain-age gap vs. covariates", run, _gap_section, run)
     context["qc"] = _safe("qc", run, _qc_section, run)
+    context["subjects"] = _safe("subjects", run, _subjects_section, run)
     context["failures"] = _safe("failures", run, _failures_section, run)
     context["provenance"] = _safe("provenance", run, _provenance_section, run)
     context["problems"] = list(run.problems)

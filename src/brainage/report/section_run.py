@@ -109,3 +109,57 @@ _PROV_KEYS = {
     "device",
     "n_threads",
 }
+
+
+#: QC flag: registration quality below the median minus this many MADs (scaled to σ) of the run.
+QC_MAD_THRESHOLD = 3.0
+
+
+def qc_threshold(values) -> float | None:
+    """Registration quality below which a subject is flagged for a look (robust outlier rule).
+
+    ``median − 3 × 1.4826 × MAD`` of the run's ``reg_quality`` (Pearson r of the registered brain
+    with the template inside its mask): a subject far below its cohort is more likely
+    misregistered than anatomically unusual. None with fewer than 5 values.
+    """
+    v = pd.to_numeric(pd.Series(values), errors="coerce").dropna().to_numpy(float)
+    if len(v) < 5:
+        return None
+    med = float(pd.Series(v).median())
+    mad = 1.4826 * float(pd.Series(abs(v - med)).median())
+    return med - QC_MAD_THRESHOLD * mad
+
+
+#: Prediction columns of the subject table.
+SUBJECT_COLUMNS = ("age", "brain_age", "brain_age_gap", "uncertainty", "brain_age_lower",
+                   "brain_age_upper", "split", "fold")  # fmt: skip
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _subjects_section(run: RunFolder) -> dict | None:
+    """One row per subject: age, brain age, gap, uncertainty, interval, split, fold, QC."""
+    pred = run.predictions
+    if pred is None or pred.empty:
+        return None
+    qc = run.qc if run.qc is not None else pd.DataFrame(columns=["participant_id"])
+    qc = qc.set_index("participant_id") if "participant_id" in qc else qc
+    threshold = qc_threshold(qc["reg_quality"]) if "reg_quality" in qc else None
+    rows = []
+    for rec in pred.to_dict("records"):
+        pid = str(rec["participant_id"])
+        q = qc.loc[pid] if pid in qc.index else None
+        reg = pd.to_numeric(q["reg_quality"], errors="coerce") if q is not None else None
+        png = q.get("qc_png") if q is not None else None
+        values = {k: rec.get(k) for k in SUBJECT_COLUMNS}
+        rows.append({
+            "pid": pid,
+            **{k: None if _missing(v) else v for k, v in values.items()},
+            "reg_quality": reg,
+            "flag": threshold is not None and reg is not None and reg < threshold,
+            "qc_png": png if isinstance(png, str) and png else None,
+        })  # fmt: skip
+    return {"rows": rows, "threshold": threshold, "mad": QC_MAD_THRESHOLD,
+            "n_flagged": sum(r["flag"] for r in rows)}  # fmt: skip
