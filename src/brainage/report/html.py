@@ -107,7 +107,18 @@ def template_environment():
     env.filters["fmt"] = _fmt
     env.filters["pval"] = _pval
     env.filters["sig"] = _sig
+    env.filters["wbr"] = _word_breaks
     return env
+
+
+def _word_breaks(name):
+    """Escape a label and let it break after underscores, never inside a word.
+
+    For atlas names such as ``Left_Superior_Temporal_Gyrus_anterior_division``; returns markup.
+    """
+    from markupsafe import Markup, escape
+
+    return Markup(str(escape(str(name))).replace("_", "_<wbr>"))
 
 
 # --------------------------------------------------------------------------------------------

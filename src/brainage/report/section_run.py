@@ -157,6 +157,10 @@ def _subjects_section(run: RunFolder) -> dict | None:
         rows.append({
             "pid": pid,
             **{k: None if _missing(v) else v for k, v in values.items()},
+            "interval_unbounded": any(
+                isinstance(values.get(k), float) and abs(values[k]) == float("inf")
+                for k in ("brain_age_lower", "brain_age_upper")
+            ),
             "reg_quality": reg,
             "flag": threshold is not None and reg is not None and reg < threshold,
             "qc_png": png if isinstance(png, str) and png else None,
