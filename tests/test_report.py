@@ -394,6 +394,26 @@ def test_subject_table_lists_everyone_and_flags_qc_outliers(full_run):
     assert qc_threshold(values[:4]) is None
 
 
+def test_bootstrap_intervals_match_the_standard_error_of_the_mae():
+    """For normal errors, SE(mean |e|) = σ √(1 − 2/π) / √n: the 95 % interval is ≈ ±1.96 SE."""
+    from brainage.report.section_predictions import metric_intervals
+
+    rng = np.random.default_rng(3)
+    n, sigma = 400, 5.0
+    age = rng.uniform(20, 80, n)
+    pred = age + rng.normal(0, sigma, n)
+    ci = metric_intervals(pred, age)
+    mae = np.mean(np.abs(pred - age))
+    se = sigma * np.sqrt(1 - 2 / np.pi) / np.sqrt(n)
+    low, high = ci["mae_ci"]
+    assert low < mae < high
+    assert high - low == pytest.approx(2 * 1.96 * se, rel=0.15)
+    r = np.corrcoef(pred, age)[0, 1]
+    assert ci["r_ci"][0] < r < ci["r_ci"][1] <= 1
+    assert metric_intervals(pred, age) == ci  # seeded: the same interval again
+    assert metric_intervals(pred[:4], age[:4])["mae_ci"] is None
+
+
 def test_report_with_only_predictions(tmp_path):
     out = make_fake_run(tmp_path / "OUT", full=False)
     path = write_report(out)

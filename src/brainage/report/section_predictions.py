@@ -45,7 +45,13 @@ def _summary(run: RunFolder, metrics: pd.DataFrame, cohort: pd.DataFrame) -> dic
                 "mae": float(row["mae"]),
                 "n": int(row["n"]) if "n" in row and pd.notna(row["n"]) else None,
                 "r": float(row["r"]) if "r" in row and pd.notna(row["r"]) else None,
+                "mae_ci": None,
+                "r_ci": None,
+                "n_resamples": None,
             }
+            if col in pred:
+                part = pred[(pred["split"] == split) & pred["age"].notna()]
+                quote.update(metric_intervals(part[col], part["age"]))
             break
     counts = pred["split"].value_counts()
     return {
@@ -63,6 +69,52 @@ def _summary(run: RunFolder, metrics: pd.DataFrame, cohort: pd.DataFrame) -> dic
             else None
         ),
     }
+
+
+def metric_intervals(
+    predicted, age, level: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> dict:
+    """Bootstrap confidence intervals of the MAE and of Pearson's r across subjects.
+
+    Parameters
+    ----------
+    predicted, age : array_like, shape (n_subjects,)
+        Predicted and chronological age in years (NaNs dropped pairwise).
+    level : float
+        Confidence level.
+    n_resamples : int
+        Bootstrap resamples of the subjects (with replacement, pairs kept together).
+    seed : int
+        Seed of the resampling (the same seed gives the same interval).
+
+    Returns
+    -------
+    dict
+        ``mae_ci`` (years) and ``r_ci``, each ``(low, high)`` or None with fewer than 5 subjects;
+        percentile intervals of :func:`scipy.stats.bootstrap`.
+    """
+    from scipy import stats
+
+    p, a = np.asarray(predicted, float), np.asarray(age, float)
+    ok = np.isfinite(p) & np.isfinite(a)
+    p, a = p[ok], a[ok]
+    out = {"mae_ci": None, "r_ci": None, "level": level, "n_resamples": n_resamples}
+    if len(p) < 5:
+        return out
+    kw = {"confidence_level": level, "n_resamples": n_resamples, "method": "percentile",
+          "random_state": np.random.default_rng(seed)}  # fmt: skip
+    mae = stats.bootstrap((np.abs(p - a),), np.mean, **kw).confidence_interval
+    out["mae_ci"] = (float(mae.low), float(mae.high))
+    if np.std(p) > 0 and np.std(a) > 0:
+
+        def pearson(x, y, axis=-1):
+            x = x - x.mean(axis, keepdims=True)
+            y = y - y.mean(axis, keepdims=True)
+            return (x * y).sum(axis) / np.sqrt((x * x).sum(axis) * (y * y).sum(axis))
+
+        r = stats.bootstrap((p, a), pearson, paired=True, vectorized=True, **kw)
+        out["r_ci"] = (float(r.confidence_interval.low), float(r.confidence_interval.high))
+    return out
 
 
 def _cohort_frame(run: RunFolder) -> pd.DataFrame:
