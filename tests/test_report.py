@@ -324,9 +324,9 @@ def _assert_self_contained(html):
 def test_report_written_self_contained_with_all_sections(full_run):
     html = (full_run / "report.html").read_text()
     imgs = _assert_self_contained(html)
-    # age hist, scatter, training, methods side by side, 2 methods x (2 maps + 1 bar),
+    # age hist, scatter, gap, training, methods side by side, 2 methods x (2 maps + 1 bar),
     # qc histogram + 8 gallery pictures
-    assert len(imgs) == 1 + 1 + 1 + 1 + 2 * 3 + 1 + 8
+    assert len(imgs) == 1 + 1 + 1 + 1 + 1 + 2 * 3 + 1 + 8
     for anchor in (
         "summary",
         "cohort",
@@ -412,6 +412,18 @@ def test_bootstrap_intervals_match_the_standard_error_of_the_mae():
     assert ci["r_ci"][0] < r < ci["r_ci"][1] <= 1
     assert metric_intervals(pred, age) == ci  # seeded: the same interval again
     assert metric_intervals(pred[:4], age[:4])["mae_ci"] is None
+
+
+def test_gap_figure_fits_the_residual_age_bias():
+    from brainage.report.make_figures import gap_figure
+
+    age = np.linspace(20, 80, 30)
+    pred = pd.DataFrame({"age": age, "brain_age_gap": -0.3 * (age - 50), "split": "test"})
+    ax = gap_figure(pred).axes[0]
+    fit = next(line for line in ax.lines if "slope" in line.get_label())
+    x, y = fit.get_data()
+    assert (y[1] - y[0]) / (x[1] - x[0]) == pytest.approx(-0.3)
+    assert "-0.30" in fit.get_label()
 
 
 def test_report_with_only_predictions(tmp_path):

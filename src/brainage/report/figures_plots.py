@@ -154,6 +154,48 @@ def predicted_vs_age_figure(
     return fig
 
 
+def gap_figure(predictions: pd.DataFrame, splits=("validation", "test")) -> Figure:
+    """Brain-age gap against chronological age, with a least-squares line (residual age bias).
+
+    Parameters
+    ----------
+    predictions : pandas.DataFrame
+        ``predictions.tsv``: ``age``, ``brain_age_gap`` (years) and ``split``.
+    splits : sequence of str
+        Splits to show (subjects without age are skipped).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel: points coloured by split, the zero line, and the fitted line
+        ``gap = a · age + b`` of the shown subjects with its slope in the legend (a slope ≠ 0
+        means the gap still depends on age: regression towards the mean).
+    """
+    df = predictions[predictions["age"].notna() & predictions["brain_age_gap"].notna()]
+    df = df[df["split"].astype(str).isin(splits)]
+    fig = Figure(figsize=(5.4, 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    for s in [s for s in SPLIT_ORDER if s in splits]:
+        part = df[df["split"].astype(str) == s]
+        if len(part):
+            ax.scatter(part["age"], part["brain_age_gap"], s=20, alpha=0.8, color=_split_color(s),
+                       edgecolor="white", linewidth=0.4, label=f"{s} (n={len(part)})")  # fmt: skip
+    ax.axhline(0, color="#444444", linewidth=1, linestyle="--")
+    if len(df) >= 3 and df["age"].nunique() > 1:
+        a, b = np.polyfit(df["age"].to_numpy(float), df["brain_age_gap"].to_numpy(float), 1)
+        x = np.array([df["age"].min(), df["age"].max()], float)
+        ax.plot(x, a * x + b, color="#b2182b", linewidth=1.4,
+                label=f"fit: slope {a:+.2f} y per y")  # fmt: skip
+        lim = np.nanpercentile(np.abs(df["brain_age_gap"].to_numpy(float)), 99) * 1.15
+        ax.set_ylim(-max(lim, 1.0), max(lim, 1.0))
+    ax.set_xlabel("chronological age (years)")
+    ax.set_ylabel("brain-age gap (years)")
+    ax.legend(frameon=False, fontsize=8)
+    _style(ax)
+    fig.tight_layout()
+    return fig
+
+
 def training_curves_figure(logs: dict, metric: str = "val_mae") -> Figure:
     """Plot validation MAE per epoch: one line per seed, one panel per condition.
 

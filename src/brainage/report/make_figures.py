@@ -27,6 +27,7 @@ from brainage.report.figures_maps import (
 )
 from brainage.report.figures_plots import (
     age_histogram_figure,
+    gap_figure,
     interval_figure,
     predicted_vs_age_figure,
     qc_histogram_figure,
@@ -44,6 +45,7 @@ __all__ = [
     "age_histogram_figure",
     "axial_slice_with_most",
     "figure_to_data_uri",
+    "gap_figure",
     "interval_figure",
     "methods_side_by_side_figure",
     "panel_scale",

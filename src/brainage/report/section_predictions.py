@@ -190,8 +190,12 @@ def _scatter_section(run: RunFolder) -> dict | None:
     if scored.empty:
         return None
     fig = mf.predicted_vs_age_figure(pred)
+    gap = None
+    if "brain_age_gap" in pred and pred.loc[scored.index, "brain_age_gap"].notna().any():
+        gap = mf.figure_to_data_uri(mf.gap_figure(pred))
     return {
         "uri": mf.figure_to_data_uri(fig),
+        "gap_uri": gap,
         "has_corrected": "brain_age_corrected" in pred.columns
         and pred["brain_age_corrected"].notna().any(),
         "n": len(scored),
