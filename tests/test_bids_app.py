@@ -70,6 +70,19 @@ def test_bad_analysis_level_and_missing_input_are_one_line_errors(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+def test_an_invalid_input_dataset_is_refused_with_the_validators_findings(tmp_path):
+    if validator_command() is None:
+        pytest.skip("bids-validator-deno is not installed")
+    from brainage.bids_app import check_input
+    from brainage.errors import InputError
+
+    (tmp_path / "sub-01" / "anat").mkdir(parents=True)
+    (tmp_path / "sub-01" / "anat" / "sub-01_T1w.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(InputError, match="BIDS validator found .* error") as err:
+        check_input(tmp_path)
+    assert "--skip-bids-validation" in str(err.value) and "\n" not in str(err.value)
+
+
 # ------------------------------------------------------------------------------ integration
 @pytest.mark.integration
 def test_participant_then_group_gives_a_valid_bids_derivative(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 from pathlib import Path
 
 from brainage import __version__
@@ -91,10 +92,7 @@ def check_input(bids_dir: Path) -> None:
 
     try:
         result = validate_bids(bids_dir)
-    except FileNotFoundError as err:
-        log.warning("input not validated: %s", err)
-        return
-    except (RuntimeError, OSError) as err:
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
         log.warning("input not validated: %s", err)
         return
     if result.n_errors:
