@@ -414,6 +414,20 @@ def test_bootstrap_intervals_match_the_standard_error_of_the_mae():
     assert metric_intervals(pred[:4], age[:4])["mae_ci"] is None
 
 
+def test_map_colour_bar_has_even_ticks_without_the_threshold():
+    import nibabel as nib
+
+    from brainage.report.figures_maps import stat_map_figure
+    from brainage.space import template_grid
+
+    grid = template_grid(8.0)
+    data = np.zeros(grid.shape, np.float32)
+    data[2:6, 3:8, 2:6] = np.linspace(-4, 4, 4 * 5 * 4).reshape(4, 5, 4)
+    fig = stat_map_figure(nib.Nifti1Image(data, grid.affine), threshold=0.3)
+    labels = [t.get_text() for t in fig.axes[-1].get_yticklabels()]
+    assert labels == ["-4", "-2", "0", "2", "4"]
+
+
 def test_gap_figure_fits_the_residual_age_bias():
     from brainage.report.make_figures import gap_figure
 

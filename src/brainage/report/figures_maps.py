@@ -87,7 +87,22 @@ def stat_map_figure(
             kwargs["transparency"] = nib.Nifti1Image(alpha.astype(np.float32), img.affine)
             kwargs["transparency_range"] = [0.0, 1.0]
     plotting.plot_stat_map(img, **kwargs)
+    _tidy_colorbar(fig, vmax, symmetric)
     return fig
+
+
+def _tidy_colorbar(fig: Figure, vmax: float, symmetric: bool) -> None:
+    """Put five evenly spaced ticks with two significant digits on the colour bar.
+
+    nilearn adds ± the threshold to its ticks, whose labels overlap near 0.
+    """
+    bars = [a for a in fig.axes if a.get_position().width < 0.02]
+    if not bars:
+        return
+    cax = bars[-1]
+    ticks = np.linspace(-vmax, vmax, 5) if symmetric else np.linspace(0.0, vmax, 5)
+    cax.set_yticks(ticks)
+    cax.set_yticklabels([f"{t:.2g}" if abs(t) > 1e-12 * vmax else "0" for t in ticks])
 
 
 #: MNI z (mm) of the default axial slice of the method comparison: the bodies of the lateral
