@@ -49,12 +49,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def writer_tag() -> str:
-    """Return ``<host>-<pid>`` of this process, part of every temporary file's name."""
+def _host() -> str:
     import socket
 
-    host = "".join(c for c in socket.gethostname() if c.isalnum()) or "host"
-    return f"{host}-{os.getpid()}"
+    return "".join(c for c in socket.gethostname() if c.isalnum()) or "host"
+
+
+def writer_tag() -> str:
+    """Return ``<host>-<pid>`` of this process, part of every temporary file's name."""
+    return f"{_host()}-{os.getpid()}"
 
 
 def temporary_is_stale(path: str | Path, max_age_s: float = 86400.0) -> bool:
@@ -66,14 +69,12 @@ def temporary_is_stale(path: str | Path, max_age_s: float = 86400.0) -> bool:
     therefore never delete each other's files being written.
     """
     import re
-    import socket
     import time
 
     path = Path(path)
     m = re.search(r"\.([A-Za-z0-9]+)-(\d+)\.[A-Za-z0-9_]+\.tmp", path.name)
     host, pid = (m[1], m[2]) if m else ("", "")
-    here = "".join(c for c in socket.gethostname() if c.isalnum()) or "host"
-    if not pid.isdigit() or host != here:
+    if not pid.isdigit() or host != _host():
         try:
             return time.time() - path.stat().st_mtime > max_age_s or not pid.isdigit()
         except OSError:

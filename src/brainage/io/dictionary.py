@@ -443,7 +443,7 @@ COLUMNS: dict[str, dict] = {
 
 
 def _base_model(m: re.Match) -> dict:
-    """Entry of ``brain_age_<name>``: one base model (predict.base_column_description)."""
+    """Entry of ``brain_age_<name>``: one base model."""
     name, region, seed = m.group(1), m.group(2) or None, m.group(3) or None
     if seed is None:
         what = (

@@ -17,6 +17,7 @@ Stages call the science subpackages; they hold no science themselves.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,9 +109,12 @@ class RunContext:
         if self.native_cache is None:
             self.native_cache = self.layout.work / "native"
 
-    @property
+    @functools.cached_property
     def raw_root(self) -> Path:
-        """Root of the input dataset, that ``bids:raw:`` URIs in sidecars are relative to."""
+        """Root of the input dataset, that ``bids:raw:`` URIs in sidecars are relative to.
+
+        Computed once per context (for a table cohort it scans every image path).
+        """
         from brainage.io.derivatives import raw_root
 
         return raw_root(self.source, self.cohort["t1w"] if "t1w" in self.cohort else ())

@@ -38,68 +38,10 @@ from brainage.workflow.stages.train import (
     fold_model_items,
     is_network,
     model_folds,
-    model_region,
     model_seed,
     parse_model_item,
     sub_ensemble,
 )
-
-#: Data dictionary of ``predictions.tsv``, written beside it as ``predictions.json`` (BIDS
-#: tabular-file sidecar: a description and units per column).
-PREDICTION_COLUMNS: dict[str, dict] = {
-    "participant_id": {"Description": "BIDS participant label (sub-<label>)."},
-    "age": {"Description": "Chronological age.", "Units": "year"},
-    "fold": {
-        "Description": "Outer cross-fitting fold that holds the subject out: its brain age, "
-        "interval and relevance maps come from that fold's models, ensemble head and bias "
-        "correction, which never saw the subject. 0: no age, predicted by every fold (mean)."
-    },
-    "brain_age": {
-        "Description": "Predicted (brain) age: the ridge head over the base models (paper 001), "
-        "or their mean where the head did not beat the mean under cross-validation on the "
-        "validation subjects.",
-        "Units": "year",
-    },
-    "brain_age_corrected": {
-        "Description": "Age-bias corrected brain age (Smith et al. 2019): (brain_age - b) / a, "
-        "with brain_age = a * age + b fitted on the validation subjects of the fold.",
-        "Units": "year",
-    },
-    "brain_age_gap": {
-        "Description": "Brain-age gap: the recommended prediction minus age "
-        "(brain_age_corrected unless its guards failed; see bias_correction.json).",
-        "Units": "year",
-    },
-    "uncertainty": {
-        "Description": "Paper 001's uncertainty: width of the 95 % t-interval of the mean of "
-        "the CNN base models (2 t s / sqrt(N), N CNNs, s their standard deviation). It "
-        "measures how much the base models disagree; it is not an interval for the age "
-        "(see brain_age_lower / brain_age_upper).",
-        "Units": "year",
-    },
-    "brain_age_lower": {
-        "Description": "Lower end of the calibrated prediction interval of the age around "
-        "brain_age (level and method in ensemble.json 'interval'): cross-conformal on "
-        "out-of-fold absolute residuals, each fold calibrated on the other folds "
-        "(split-conformal on validation residuals in a hold-out run).",
-        "Units": "year",
-    },
-    "brain_age_upper": {
-        "Description": "Upper end of that interval.",
-        "Units": "year",
-    },
-    "split": {
-        "Description": "Role of the subject.",
-        "Levels": {
-            "train": "hold-out run: training subject (its predictions are fitted)",
-            "validation": "hold-out run: validation subject (early stopping, head, correction)",
-            "test": "held out: never seen by the models that predict it (with cross-fitting, "
-            "every subject with age)",
-            "predict": "no age: predicted, never scored",
-        },
-    },
-}
-
 
 #: Columns of ``metrics.tsv`` (written, with no rows, also when no subject has an age).
 METRIC_COLUMNS = ["model", "split", "fold", "n", "mae", "rmse", "r"]
@@ -109,22 +51,6 @@ def read_predictions(ctx: RunContext):
     """Read the run's ``predictions.tsv`` (via the ``predict`` record), by participant_id."""
     path = ctx.record("predict", "ensemble").output(ctx.layout, "predictions")
     return pd.read_csv(path, sep="\t").set_index("participant_id")
-
-
-def base_column_description(name: str) -> dict:
-    """Data-dictionary entry of the column ``brain_age_<name>`` (one base model)."""
-    region = model_region(name)
-    what = (
-        "ridge regression on the voxels of the model input (a non-CNN learner)"
-        if model_seed(name) is None
-        else f"the CNN with seed {model_seed(name)}"
-        + ("" if region is None else f" that sees the {region} compartment only")
-    )
-    return {
-        "Description": f"Prediction of base model {name}, {what}, of the subject's fold (the "
-        "mean over folds for subjects in no fold).",
-        "Units": "year",
-    }
 
 
 def load_models(ctx: RunContext, items=None):
@@ -355,10 +281,7 @@ class PredictStage(Stage):
             pred[f"brain_age_{name}"] = base[:, j]
         for column, values in sub_columns.items():
             pred[column] = values
-        dictionary = {k: v for k, v in PREDICTION_COLUMNS.items() if k in pred}
-        dictionary.update({f"brain_age_{n}": base_column_description(n) for n in names})
         if groups:
-            dictionary.update(_mlens_dictionary(groups))
             scored_cols = [sub_columns[f"brain_age_ensemble-{g}"] for g in groups]
             m_base = np.column_stack([base, *scored_cols])
             m_names = [*names, *[f"ensemble-{g}" for g in groups]]
@@ -370,7 +293,8 @@ class PredictStage(Stage):
         scored = np.isfinite(ages) & np.isin(split, ["test"])
         interval_fit = interval_scores(ages[scored], lower[scored], upper[scored])
         outputs = {
-            "predictions": write_tsv(layout.file("predictions.tsv"), pred, dictionary),
+            # its data dictionary (predictions.json) from brainage.io.dictionary
+            "predictions": write_tsv(layout.file("predictions.tsv"), pred),
             "dictionary": layout.file("predictions.json"),
             "metrics": write_tsv(
                 layout.file("metrics.tsv"), pd.DataFrame(metrics, columns=METRIC_COLUMNS)
@@ -414,32 +338,6 @@ class PredictStage(Stage):
             "bias_correction": write_json(layout.file("bias_correction.json"), bias_file),
             "ensemble": write_json(layout.file("ensemble.json"), ensemble),
         }
-
-
-def _mlens_dictionary(groups: list[str]) -> dict:
-    """Data-dictionary entries of a multi-level ensemble's columns."""
-    out = {
-        "uncertainty": {
-            "Description": "Paper 001's uncertainty of the multi-level ensemble: width of the "
-            "95 % t-interval of the mean of the sub-ensembles' predictions (2 t s / sqrt(G), G "
-            "sub-ensembles, s their standard deviation; all folds' for subjects in none). Not an "
-            "interval for the age (see brain_age_lower / brain_age_upper).",
-            "Units": "year",
-        }
-    }
-    for g in groups:
-        where = "the whole brain" if g == "brain" else f"the {g} compartment only"
-        out[f"brain_age_ensemble-{g}"] = {
-            "Description": f"Prediction of the sub-ensemble of {where}: its base models "
-            "combined by its guarded ridge head (ensemble.json), of the subject's fold.",
-            "Units": "year",
-        }
-        out[f"uncertainty_ensemble-{g}"] = {
-            "Description": f"Sub-ensemble-level uncertainty of {where}: width of the 95 % "
-            "t-interval of the mean of its CNNs (paper 001).",
-            "Units": "year",
-        }
-    return out
 
 
 def _bias_summary(biases: list[dict]) -> dict:
