@@ -25,11 +25,12 @@ def test_read_bids_warns_of_unlisted_subjects_and_extra_scans(tmp_path, caplog):
     write_volume(root / "sub-01" / "ses-2" / "anat" / "sub-01_ses-2_T1w.nii.gz", seed=5)
     with caplog.at_level("WARNING", logger="brainage"):
         cohort = read_bids(root)
-    assert cohort.participant_ids == ["sub-01", "sub-02", "sub-09"]
-    assert np.isnan(cohort.table["age"].iloc[2])
+    # a session is a scan of its own (keyed sub-01_ses-2), with the participant's age here
+    assert cohort.participant_ids == ["sub-01", "sub-01_ses-2", "sub-02", "sub-09"]
+    assert cohort.table["age"].iloc[1] == 20 and np.isnan(cohort.table["age"].iloc[3])
     text = caplog.text
     assert "sub-09" in text and "not in participants.tsv" in text
-    assert "sub-01 has 2 T1w scans; using sub-01_T1w.nii.gz" in text
+    assert "no session age (e.g. sub-01)" in text
 
 
 def test_read_bids_real_ixi(ixi_root):

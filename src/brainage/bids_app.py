@@ -50,6 +50,20 @@ def parser() -> argparse.ArgumentParser:
         metavar="LABEL",
         help="subjects to process, with or without sub- (space-separated); default: all",
     )
+    p.add_argument(
+        "--session-label",
+        "--session_label",
+        nargs="+",
+        metavar="LABEL",
+        help="sessions to process, with or without ses- (space-separated); default: all",
+    )
+    p.add_argument(
+        "--bids-filter-file",
+        "--bids_filter_file",
+        type=Path,
+        metavar="FILE",
+        help='JSON of T1w entity filters, e.g. {"t1w": {"acquisition": "mprage", "run": 1}}',
+    )
     p.add_argument("--work-dir", "-w", type=Path, help="folder for deletable work files")
     p.add_argument("--config", type=Path, help="YAML configuration overriding the defaults")
     p.add_argument("--n-jobs", "--nprocs", type=int, metavar="N", help="parallel workers")
@@ -109,6 +123,7 @@ def main(argv: list[str]) -> None:
     """Run the BIDS-App form (see the module docstring)."""
     from brainage.config import load_config
     from brainage.io import read_bids
+    from brainage.io.cohort import read_filter_file
     from brainage.workflow import run as run_all
     from brainage.workflow.api import TARGETS
     from brainage.workflow.progress import setup_logging
@@ -136,7 +151,10 @@ def main(argv: list[str]) -> None:
     if args.omp_nthreads is not None:
         overrides.setdefault("run", {})["omp_nthreads"] = args.omp_nthreads
     cfg = load_config(args.config, overrides)
-    cohort = read_bids(bids_dir)
+    filters = read_filter_file(args.bids_filter_file) if args.bids_filter_file else {}
+    if args.session_label:
+        filters = {**filters.get("t1w", filters), "session": args.session_label}
+    cohort = read_bids(bids_dir, filters=filters)
     if args.participant_label:
         cohort = cohort.subset(args.participant_label)
     targets = TARGETS["preprocess"] if args.analysis_level == "participant" else TARGETS["run"]

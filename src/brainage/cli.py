@@ -54,6 +54,13 @@ MethodsOpt = Annotated[
     str | None, typer.Option("--methods", help="Comma-separated explanation methods.")
 ]
 JobsOpt = Annotated[int | None, typer.Option("--n-jobs", help="Parallel workers.", min=1)]
+FilterOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--bids-filter-file",
+        help='JSON of T1w entity filters, e.g. {"t1w": {"acquisition": "mprage", "run": 1}}.',
+    ),
+]
 WorkOpt = Annotated[
     Path | None,
     typer.Option("--work-dir", help="Folder for deletable work files (default: OUT_work)."),
@@ -79,10 +86,12 @@ def _split(text: str | None) -> list[str] | None:
     return None if text is None else [m.strip() for m in text.split(",") if m.strip()]
 
 
-def _cohort(bids, table, strict, labels):
+def _cohort(bids, table, strict, labels, filter_file=None):
     from brainage.io import read_cohort
+    from brainage.io.cohort import read_filter_file
 
-    cohort = read_cohort(bids=bids, table=table, strict=strict)
+    filters = read_filter_file(filter_file) if filter_file else None
+    cohort = read_cohort(bids=bids, table=table, strict=strict, filters=filters)
     return cohort.subset(_split(labels)) if labels else cohort
 
 
@@ -113,6 +122,7 @@ def run(
     methods: MethodsOpt = None,
     n_jobs: JobsOpt = None,
     participant_label: LabelOpt = None,
+    bids_filter_file: FilterOpt = None,
     work_dir: WorkOpt = None,
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
@@ -121,7 +131,7 @@ def run(
     from brainage.workflow import run as run_all
 
     cfg = _config(config, methods, n_jobs, strict, seeds)
-    cohort = _cohort(bids, table, strict, participant_label)
+    cohort = _cohort(bids, table, strict, participant_label, bids_filter_file)
     run_all(cohort, out, cfg, progress=not quiet, work_dir=work_dir)
 
 
@@ -135,6 +145,7 @@ def _stage_command(stage: str, doc: str):
         config: ConfigOpt = None,
         n_jobs: JobsOpt = None,
         participant_label: LabelOpt = None,
+        bids_filter_file: FilterOpt = None,
         work_dir: WorkOpt = None,
         strict: StrictOpt = False,
         quiet: QuietOpt = False,
@@ -143,7 +154,7 @@ def _stage_command(stage: str, doc: str):
         from brainage.workflow.api import TARGETS
 
         cfg = _config(config, None, n_jobs, strict)
-        cohort = _cohort(bids, table, strict, participant_label)
+        cohort = _cohort(bids, table, strict, participant_label, bids_filter_file)
         run_all(cohort, out, cfg, progress=not quiet, targets=TARGETS[stage], work_dir=work_dir)
 
     command.__doc__ = doc
@@ -173,6 +184,7 @@ def predict(
         str | None, typer.Option("--methods", help="Also write relevance maps (comma-separated).")
     ] = None,
     participant_label: LabelOpt = None,
+    bids_filter_file: FilterOpt = None,
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -180,7 +192,7 @@ def predict(
     from brainage.workflow import predict as predict_new
 
     explain = tuple(_split(methods) or ())
-    cohort = _cohort(bids, table, strict, participant_label)
+    cohort = _cohort(bids, table, strict, participant_label, bids_filter_file)
     predict_new(model, cohort, out, explain, progress=not quiet)
 
 
@@ -283,6 +295,7 @@ def study(
         typer.Option("--scheduler", help="Address of a running Dask scheduler (tcp://host:8786)."),
     ] = None,
     participant_label: LabelOpt = None,
+    bids_filter_file: FilterOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run a multi-seed × condition study (paper 000); rerun the same command to resume."""
@@ -291,7 +304,7 @@ def study(
 
     spec = read_study(study_file)
     base = read_yaml(config) if config is not None else None
-    cohort = _cohort(bids, table, False, participant_label)
+    cohort = _cohort(bids, table, False, participant_label, bids_filter_file)
     result = run_study(spec, cohort, out, base=base, backend=backend, n_jobs=n_jobs,
                        scheduler=scheduler, progress=not quiet)  # fmt: skip
     if result.failed:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 
 from brainage.errors import ConfigError, InputError
+from brainage.io.scans import group_by_subject, has_sessions
 from brainage.utils import check_random_state
 
 #: Split names, in report order. ``predict`` = subjects without age (predicted, never scored).
@@ -29,6 +32,37 @@ def _stratified_pick(ages: np.ndarray, fraction: float, rng: np.random.Generator
     return np.sort(picked)
 
 
+def by_subject(split):
+    """Make a split function group the scans of one subject (longitudinal BIDS cohorts).
+
+    When ``participant_id`` holds scan keys with sessions (:mod:`brainage.io.scans`), the split
+    is drawn over subjects (age: the mean of the subject's known scan ages) and every scan of a
+    subject gets its subject's assignment, so no subject's sessions straddle splits or folds. A
+    scan without age is ``predict`` (fold 0) even when its subject's other scans are assigned.
+    """
+
+    @functools.wraps(split)
+    def wrapper(table: pd.DataFrame, *args, **kwargs):
+        keys = table["participant_id"].astype(str).tolist()
+        if not has_sessions(keys):
+            return split(table, *args, **kwargs)
+        subjects, subject_of = group_by_subject(keys, table["age"])
+        assigned = split(subjects, *args, **kwargs)
+        out = assigned.reindex(subject_of)
+        out.index = pd.Index(keys, name="participant_id")
+        no_age = ~np.isfinite(table["age"].to_numpy(dtype=float))
+        if isinstance(out, pd.Series):
+            out = out.where(~no_age, "predict")
+        else:
+            out = out.copy()
+            for col in out.columns:
+                out.loc[no_age, col] = 0 if col == "fold" else "predict"
+        return out
+
+    return wrapper
+
+
+@by_subject
 def make_splits(
     table: pd.DataFrame,
     test_fraction: float = 0.1,
@@ -56,7 +90,8 @@ def make_splits(
     Returns
     -------
     pandas.Series
-        Split name per subject, index = ``participant_id``.
+        Split name per subject, index = ``participant_id``. The scans of one subject
+        (sessions, :mod:`brainage.io.scans`) share their split (:func:`by_subject`).
 
     Raises
     ------
@@ -95,6 +130,7 @@ def fold_column(fold: int) -> str:
     return f"fold-{int(fold)}"
 
 
+@by_subject
 def make_folds(
     table: pd.DataFrame,
     n_folds: int = 5,
@@ -129,7 +165,8 @@ def make_folds(
     pandas.DataFrame
         Index ``participant_id``; column ``fold`` (1 … ``n_folds``, 0 = no age), ``split``
         (``test`` = out-of-fold, ``predict`` = no age) and one column ``fold-<k>`` per fold with
-        the subject's role there (``train``, ``validation``, ``test`` or ``predict``).
+        the subject's role there (``train``, ``validation``, ``test`` or ``predict``). The
+        scans of one subject (sessions) share their fold and roles (:func:`by_subject`).
 
     Raises
     ------

@@ -132,7 +132,9 @@ def write_tsv(
     path : str or Path
         Destination ``.tsv``.
     frame : pandas.DataFrame
-        The table; written without its index.
+        The table; written without its index. Scan keys of sessions in ``participant_id``
+        (``"sub-01_ses-2"``) are written as ``participant_id`` and ``session_id`` columns
+        (:func:`brainage.io.scans.split_scan_keys`).
     descriptions : dict, optional
         Data-dictionary entries of columns (``{"col": {"Description": …, "Units": …}}``) that
         take precedence over :func:`brainage.io.dictionary.describe_column`.
@@ -145,7 +147,10 @@ def write_tsv(
     Path
         ``path``.
     """
+    from brainage.io.scans import split_scan_keys
+
     path = Path(path)
+    frame = split_scan_keys(frame)
     if dictionary:
         from brainage.io.dictionary import data_dictionary
 

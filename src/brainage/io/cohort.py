@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from brainage.errors import InputError
+from brainage.io.scans import scan_key, subject_of_key
 
 log = logging.getLogger("brainage")
 
@@ -31,9 +32,11 @@ class Cohort:
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per usable subject; columns ``participant_id`` (str, unique), ``age`` (float,
-        years, NaN when unknown), ``t1w`` (absolute path, str) and any further columns of the
-        source table (``sex``, ``site``, covariates).
+        One row per usable scan; columns ``participant_id`` (str, unique: the scan key, which is
+        the participant id, or ``<participant_id>_ses-<label>`` for a session of a longitudinal
+        dataset, :mod:`brainage.io.scans`), ``age`` (float, years, NaN when unknown), ``t1w``
+        (absolute path, str) and any further columns of the source table (``sex``, ``site``,
+        covariates).
     source : str
         Where the cohort came from (BIDS folder or table file).
     failures : list of InputError
@@ -52,7 +55,7 @@ class Cohort:
 
     @property
     def participant_ids(self) -> list[str]:
-        """Participant identifiers, in table order."""
+        """Scan keys (participant ids; with sessions ``sub-<id>_ses-<id>``), in table order."""
         return self.table["participant_id"].tolist()
 
     @property
@@ -63,7 +66,8 @@ class Cohort:
     def subset(self, participant_ids) -> Cohort:
         """Return the cohort restricted to ``participant_ids`` (order of the table kept).
 
-        Labels may be given with or without ``sub-`` (BIDS-Apps ``--participant-label``).
+        Every scan (session) of a selected participant is kept. Labels may be given with or
+        without ``sub-`` (BIDS-Apps ``--participant-label``).
 
         Raises
         ------
@@ -73,8 +77,13 @@ class Cohort:
         from brainage.errors import did_you_mean
 
         wanted = {p if str(p).startswith("sub-") else f"sub-{p}" for p in participant_ids}
-        failed = [f for f in self.failures if getattr(f, "participant_id", None) in wanted]
-        known = set(self.table["participant_id"]) | {f.participant_id for f in self.failures}
+        failed = [
+            f
+            for f in self.failures
+            if subject_of_key(getattr(f, "participant_id", None) or "") in wanted
+        ]
+        subjects = self.table["participant_id"].map(subject_of_key)
+        known = set(subjects) | {subject_of_key(f.participant_id or "") for f in self.failures}
         missing = sorted(wanted - known)
         if missing:
             listed = ", ".join(missing[:5]) + (
@@ -84,7 +93,7 @@ class Cohort:
                 f"--participant-label: {listed} not in the cohort of {self.source}",
                 did_you_mean(missing[0], sorted(known)),
             )
-        keep = self.table["participant_id"].isin(wanted)
+        keep = subjects.isin(wanted)
         return Cohort(self.table[keep].reset_index(drop=True), self.source, failed, self.truth_dir)
 
     def failures_frame(self) -> pd.DataFrame:
@@ -164,7 +173,7 @@ def _check_unique(ids: pd.Series, source) -> None:
         raise InputError(
             f"participant_id {dup[0]!r} appears more than once"
             + (f" (and {len(dup) - 1} more duplicates)" if len(dup) > 1 else ""),
-            "give every subject one row with a unique participant_id",
+            "give every subject (or, with session_id, every session) one row with a unique id",
             dup[0],
             source,
         )
@@ -202,29 +211,159 @@ def _finish(rows: pd.DataFrame, source: str, failures: list, strict: bool) -> pd
     return table.reset_index(drop=True)
 
 
-def read_bids(path: str | Path, strict: bool = False) -> Cohort:
-    """Read a BIDS dataset of T1w scans.
+#: BIDS entity filters of the T1w scans: short name (as in file names) → pybids entity name.
+BIDS_FILTERS = {"ses": "session", "acq": "acquisition", "rec": "reconstruction", "run": "run",
+                "ce": "ceagent"}  # fmt: skip
+
+
+def bids_filters(filters: dict | None) -> dict[str, object]:
+    """Validate T1w entity filters and return them as pybids query arguments.
+
+    Parameters
+    ----------
+    filters : dict, optional
+        ``{"acq": "mprage", "run": 1, "ses": ["1", "2"]}``: keys are BIDS entities, short
+        (``ses``, ``acq``, ``rec``, ``run``, ``ce``) or as pybids names them (``session``,
+        ``acquisition``, …); a value is one label or a list of labels. The form of fMRIPrep's
+        ``--bids-filter-file`` (``{"t1w": {…}}``) is accepted too.
+
+    Raises
+    ------
+    InputError
+        An unknown entity or an empty value.
+    """
+    from brainage.errors import did_you_mean
+
+    filters = dict(filters or {})
+    if set(filters) == {"t1w"} and isinstance(filters["t1w"], dict):
+        filters = dict(filters["t1w"])
+    long_names = {v: v for v in BIDS_FILTERS.values()}
+    out: dict[str, object] = {}
+    for key, value in filters.items():
+        name = BIDS_FILTERS.get(key) or long_names.get(key)
+        if name is None:
+            known = sorted([*BIDS_FILTERS, *long_names])
+            raise InputError(
+                f"unknown BIDS filter entity {key!r}",
+                f"filter T1w scans by one of {', '.join(known)}; {did_you_mean(key, known)}",
+            )
+        values = value if isinstance(value, list | tuple) else [value]
+        labels = [str(v).strip() for v in values if str(v).strip()]
+        if not labels:
+            raise InputError(f"BIDS filter {key!r} has no value", "give a label, e.g. acq: mprage")
+        prefix = {"session": "ses-", "run": "run-"}.get(name, f"{key}-")
+        labels = [lab.removeprefix(prefix) for lab in labels]
+        if name == "run":
+            labels = [int(lab) if lab.isdigit() else lab for lab in labels]
+        out[name] = labels
+    return out
+
+
+def read_filter_file(path: str | Path) -> dict:
+    """Read a BIDS filter file (JSON, fMRIPrep's ``--bids-filter-file`` form ``{"t1w": {…}}``).
+
+    Returns
+    -------
+    dict
+        The filters, validated by :func:`bids_filters` (short or pybids entity names).
+
+    Raises
+    ------
+    InputError
+        The file is missing, is not JSON, or is not an object of entity filters.
+    """
+    import json
+
+    path = Path(path).expanduser()
+    fix = 'write a JSON object such as {"t1w": {"acquisition": "mprage", "run": 1}}'
+    try:
+        filters = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("BIDS filter file does not exist", fix, path=path) from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the BIDS filter file ({exc})", fix, path=path) from None
+    if not isinstance(filters, dict) or not all(isinstance(k, str) for k in filters):
+        raise InputError("the BIDS filter file is not a JSON object of entities", fix, path=path)
+    try:
+        bids_filters(filters)
+    except InputError as err:
+        raise InputError(err.problem, err.fix, path=path) from None
+    return filters
+
+
+def _bids_layout(root: Path):
+    """Index a BIDS folder with pybids (no validation here: see ``--skip-bids-validation``)."""
+    import bids
+
+    try:
+        return bids.BIDSLayout(str(root), validate=False)
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise InputError(
+            f"pybids cannot index the BIDS folder ({type(exc).__name__}: {detail})",
+            "check dataset_description.json and the folder structure (bids-validator-deno "
+            "DIR lists the problems)",
+            path=root,
+        ) from None
+
+
+def _session_ages(layout, root: Path, subject: str) -> dict[str, str]:
+    """``session_id → age`` cell from ``sub-<id>/sub-<id>_sessions.tsv`` (empty if absent)."""
+    files = layout.get(subject=subject, suffix="sessions", extension=".tsv")
+    if not files:
+        return {}
+    path = Path(files[0].path)
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise InputError(
+            f"cannot read table ({exc})", "write a tab-separated file", path=path
+        ) from None
+    if "session_id" not in table.columns:
+        raise InputError(
+            f"no session_id column (columns: {', '.join(table.columns)})",
+            "name the session column session_id (values ses-<label>)",
+            f"sub-{subject}",
+            path,
+        )
+    if "age" not in table.columns:
+        return {}
+    ids = [str(v).strip() for v in table["session_id"]]
+    ages = table["age"].tolist()
+    return {(v if v.startswith("ses-") else f"ses-{v}"): a for v, a in zip(ids, ages, strict=True)}
+
+
+def read_bids(path: str | Path, strict: bool = False, filters: dict | None = None) -> Cohort:
+    """Read a BIDS dataset of T1w scans with pybids (one row per scan).
 
     Parameters
     ----------
     path : str or Path
         BIDS root: ``participants.tsv`` (``participant_id``, ``age`` in years, ``n/a`` unknown) and
-        ``sub-<label>/[ses-<label>/]anat/sub-<label>[_ses-…]…_T1w.nii[.gz]``. When a subject has
-        several T1w runs, the first in sorted order is used.
+        ``sub-<label>/[ses-<label>/]anat/sub-<label>[_ses-<label>][_acq-…][_run-…]_T1w.nii[.gz]``,
+        indexed by :class:`bids.BIDSLayout`. In a longitudinal dataset each session is a scan
+        of its own, keyed ``sub-<label>_ses-<label>`` (:mod:`brainage.io.scans`), with the age
+        of that session from ``sub-<label>/sub-<label>_sessions.tsv`` (column ``age``) when
+        given, else the participant's age from ``participants.tsv`` (a warning says so).
     strict : bool
         Raise on the first bad subject instead of recording it in ``Cohort.failures``.
+    filters : dict, optional
+        BIDS entity filters of the T1w scans (:func:`bids_filters`), e.g. ``{"acq": "mprage"}``.
+        When a scan still has several T1w images (runs, acquisitions), the first in sorted
+        order is used and a warning names the filter that would choose.
 
     Returns
     -------
     Cohort
-        Subjects with an image; those listed in ``participants.tsv`` without an image, or with an
-        invalid age, are in ``failures``. Subjects with an image but no row get age NaN.
+        Scans with an image; subjects listed in ``participants.tsv`` without an image, or with
+        an invalid age, are in ``failures``. Subjects with an image but no row get age NaN
+        (with a warning).
 
     Raises
     ------
     InputError
-        The folder or ``participants.tsv`` is missing, has no ``participant_id`` column, or lists a
-        participant twice.
+        The folder or ``participants.tsv`` is missing, has no ``participant_id`` column, lists a
+        participant twice, or a filter is invalid; pybids cannot index the folder.
     """
     root = Path(path).expanduser().resolve()
     tsv = root / "participants.tsv"
@@ -252,22 +391,27 @@ def read_bids(path: str | Path, strict: bool = False) -> Cohort:
     _check_unique(parts["participant_id"], tsv)
     if "age" not in parts.columns:
         parts["age"] = "n/a"
-    images = {}
-    for sub_dir in sorted(root.glob("sub-*")):
-        if not sub_dir.is_dir():
-            continue
-        found = sorted(sub_dir.glob("anat/*_T1w.nii*")) + sorted(
-            sub_dir.glob("ses-*/anat/*_T1w.nii*")
+    query = bids_filters(filters)
+    layout = _bids_layout(root)
+    files = layout.get(suffix="T1w", datatype="anat", extension=[".nii", ".nii.gz"], **query)
+    scans: dict[tuple[str, str | None], list[str]] = {}
+    for f in files:
+        ent = f.get_entities()
+        ses = ent.get("session")
+        scans.setdefault((f"sub-{ent['subject']}", f"ses-{ses}" if ses else None), []).append(
+            f.path
         )
-        if found:
-            images[sub_dir.name] = str(found[0])
-            if len(found) > 1:
-                log.warning(
-                    "%s has %d T1w scans; using %s (one scan per subject: sessions and runs "
-                    "are not yet read separately)", sub_dir.name, len(found), found[0].name,
-                )  # fmt: skip
+    several = {k: sorted(v) for k, v in scans.items() if len(v) > 1}
+    if several:
+        (pid, ses), found = next(iter(sorted(several.items(), key=lambda kv: str(kv[0]))))
+        log.warning(
+            "%d scan(s) have several T1w images (e.g. %s: %s); using the first in sorted "
+            "order; choose with a BIDS filter (acq, run, rec: --bids-filter-file)",
+            len(several), scan_key(pid, ses), ", ".join(Path(p).name for p in found),
+        )  # fmt: skip
+    images = {k: sorted(v)[0] for k, v in scans.items()}
     known = set(parts["participant_id"])
-    extra = [pid for pid in images if pid not in known]
+    extra = sorted({pid for pid, _ in images if pid not in known})
     if extra:
         log.warning(
             "%d subject(s) with images are not in participants.tsv (%s): they are predicted "
@@ -278,20 +422,40 @@ def read_bids(path: str | Path, strict: bool = False) -> Cohort:
             [parts, pd.DataFrame({"participant_id": extra, "age": ["n/a"] * len(extra)})],
             ignore_index=True,
         ).fillna("n/a")
-    parts["t1w"] = parts["participant_id"].map(images).fillna("")
     failures: list[InputError] = []
-    for pid in parts.loc[parts["t1w"] == "", "participant_id"]:
-        err = InputError(
-            "no T1w image found in the BIDS folder",
-            f"expected {pid}/anat/{pid}_T1w.nii.gz",
-            pid,
-            root / pid,
-        )
-        if strict:
-            raise err
-        failures.append(err)
-    parts = parts[parts["t1w"] != ""]
-    table = _finish(parts, str(tsv), failures, strict)
+    rows = []
+    by_subject: dict[str, list] = {}
+    for (pid, ses), t1w in images.items():
+        by_subject.setdefault(pid, []).append((ses, t1w))
+    no_session_age = []
+    for rec in parts.to_dict("records"):
+        pid = rec["participant_id"]
+        if pid not in by_subject:
+            fix = f"expected {pid}/anat/{pid}_T1w.nii.gz"
+            if query:
+                fix += f" matching the BIDS filters {filters}"
+            err = InputError("no T1w image found in the BIDS folder", fix, pid, root / pid)
+            if strict:
+                raise err
+            failures.append(err)
+            continue
+        found = sorted(by_subject[pid], key=lambda st: st[0] or "")
+        session_ages = _session_ages(layout, root, pid[4:]) if found[0][0] else {}
+        for ses, t1w in found:
+            row = dict(rec, participant_id=scan_key(pid, ses), t1w=t1w)
+            if ses is not None and ses in session_ages:
+                row["age"] = session_ages[ses]
+            elif ses is not None and len(found) > 1:
+                no_session_age.append(pid)
+            rows.append(row)
+    if no_session_age:
+        subjects = sorted(set(no_session_age))
+        log.warning(
+            "%d subject(s) with several sessions have no session age (e.g. %s): every session "
+            "gets the participant's age; add an age column to sub-<id>/sub-<id>_sessions.tsv",
+            len(subjects), subjects[0],
+        )  # fmt: skip
+    table = _finish(pd.DataFrame(rows, columns=[*parts.columns, "t1w"]), str(tsv), failures, strict)
     truth = root / "derivatives" / "truth"
     return Cohort(table, str(root), failures, truth if truth.is_dir() else None)
 
@@ -303,7 +467,9 @@ def read_table(path: str | Path, strict: bool = False) -> Cohort:
     ----------
     path : str or Path
         Table with columns ``participant_id``, ``age`` (years; empty or ``n/a`` unknown) and an
-        image column named one of ``t1w``, ``path``, ``image``. Relative image paths are relative to
+        image column named one of ``t1w``, ``path``, ``image``; with a ``session_id`` column,
+        one row per scan (keyed ``<participant_id>_ses-<label>``, grouped by participant in
+        the splits). Relative image paths are relative to
         the table's folder. The separator is taken from the extension (``.tsv`` tab, else comma).
     strict : bool
         Raise on the first bad subject instead of recording it in ``Cohort.failures``.
@@ -343,6 +509,11 @@ def read_table(path: str | Path, strict: bool = False) -> Cohort:
             path=path,
         )
     rows["participant_id"] = rows["participant_id"].str.strip()
+    if "session_id" in rows.columns:  # longitudinal table: one row per scan
+        rows["participant_id"] = [
+            scan_key(p, s) for p, s in zip(rows["participant_id"], rows["session_id"], strict=True)
+        ]
+        rows = rows.drop(columns="session_id")
     _check_unique(rows["participant_id"], path)
     rows["t1w"] = [
         "" if not p.strip() else str((path.parent / p.strip()).resolve()) for p in rows[image_col]
@@ -355,9 +526,14 @@ def read_table(path: str | Path, strict: bool = False) -> Cohort:
 
 
 def read_cohort(
-    bids: str | Path | None = None, table: str | Path | None = None, strict: bool = False
+    bids: str | Path | None = None,
+    table: str | Path | None = None,
+    strict: bool = False,
+    filters: dict | None = None,
 ) -> Cohort:
     """Read a cohort from exactly one of a BIDS folder or a table (see :func:`read_bids`).
+
+    ``filters`` (BIDS entity filters, :func:`bids_filters`) apply to a BIDS folder only.
 
     Raises
     ------
@@ -366,4 +542,6 @@ def read_cohort(
     """
     if (bids is None) == (table is None):
         raise InputError("give exactly one of --bids PATH or --table FILE")
-    return read_bids(bids, strict) if bids is not None else read_table(table, strict)
+    if filters and bids is None:
+        raise InputError("BIDS filters apply to --bids datasets only", "drop --bids-filter-file")
+    return read_bids(bids, strict, filters) if bids is not None else read_table(table, strict)

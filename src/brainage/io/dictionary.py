@@ -61,6 +61,11 @@ COLUMNS: dict[str, dict] = {
         "Participant identifier as in the cohort (BIDS participant label sub-<label> for a BIDS "
         "dataset); n/a where a row concerns no single subject."
     ),
+    "session_id": _e(
+        "BIDS session of the scan (ses-<label>) in a longitudinal dataset: each session is "
+        "predicted as a scan of its own, and the sessions of one participant are always in "
+        "the same split and fold; n/a for a scan without a session."
+    ),
     "age": _e(
         "Chronological age (n/a: unknown; such subjects are predicted, never trained on or "
         "scored).",

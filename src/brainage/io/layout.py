@@ -92,8 +92,9 @@ def res_label(resolution_mm: float) -> str:
 
 
 def subject_label(participant_id: str) -> str:
-    """Return the BIDS subject folder name ``sub-<label>`` of a participant id.
+    """Return the BIDS subject folder name ``sub-<label>`` of a participant id or scan key.
 
+    A scan key's session is dropped (``"sub-01_ses-2"`` → ``"sub-01"``, :mod:`brainage.io.scans`).
     Ids without the ``sub-`` prefix get it; characters that BIDS labels do not allow
     (anything but letters and digits) are dropped, e.g. ``"IXI_012"`` → ``"sub-IXI012"``.
 
@@ -102,7 +103,9 @@ def subject_label(participant_id: str) -> str:
     InputError
         When no letter or digit is left.
     """
-    pid = str(participant_id).strip()
+    from brainage.io.scans import subject_of_key
+
+    pid = subject_of_key(str(participant_id).strip())
     raw = pid[4:] if pid.startswith("sub-") else pid
     lab = re.sub(r"[^A-Za-z0-9]", "", raw)
     if not lab:
@@ -112,6 +115,39 @@ def subject_label(participant_id: str) -> str:
             pid,
         )
     return f"sub-{lab}"
+
+
+def scan_names(key: str) -> tuple[str, str | None, str]:
+    """BIDS names of a scan key (:mod:`brainage.io.scans`).
+
+    Returns
+    -------
+    subject : str
+        ``sub-<label>`` (:func:`subject_label`).
+    session : str or None
+        ``ses-<label>`` (letters and digits only), None without a session.
+    prefix : str
+        File-name prefix ``sub-<label>[_ses-<label>]``.
+
+    Raises
+    ------
+    InputError
+        A participant or session label without letters or digits.
+    """
+    from brainage.io.scans import split_key
+
+    pid, ses = split_key(key)
+    sub = subject_label(pid)
+    if ses is None:
+        return sub, None, sub
+    lab = re.sub(r"[^A-Za-z0-9]", "", ses[4:])
+    if not lab:
+        raise InputError(
+            "session_id has no letters or digits to name its folder",
+            "use BIDS session labels such as ses-1",
+            str(key),
+        )
+    return sub, f"ses-{lab}", f"{sub}_ses-{lab}"
 
 
 def parse_entities(path: str | Path) -> dict[str, str]:
@@ -190,7 +226,10 @@ class RunLayout:
 
     # ------------------------------------------------------------------ preprocessing
     def preproc(self, participant_id: str, resolution_mm: float, register: str) -> dict[str, Path]:
-        """Output paths of one subject's preprocessing.
+        """Output paths of one scan's preprocessing (fMRIPrep layout).
+
+        ``OUT/sub-<id>/[ses-<id>/]anat/…`` and ``OUT/sub-<id>/figures/…``; ``participant_id`` is
+        a scan key (:mod:`brainage.io.scans`).
 
         Returns
         -------
@@ -198,19 +237,19 @@ class RunLayout:
             ``folder``, ``preproc`` (model input), ``mask``, ``xfm`` / ``inverse_xfm`` (ANTs
             ``.mat``, ``.h5`` for SyN), ``qc_png``, ``sidecar``.
         """
-        sub = subject_label(participant_id)
-        folder = self.root / sub / "anat"
+        sub, ses, pre = scan_names(participant_id)
+        folder = self.root / sub / (ses or "") / "anat"
         space = f"space-{TEMPLATE_SPACE}_res-{res_label(resolution_mm)}"
         ext = "h5" if register == "syn" else "mat"
         return {
             "folder": folder,
-            "preproc": folder / f"{sub}_{space}_desc-preproc_T1w.nii.gz",
-            "mask": folder / f"{sub}_{space}_desc-brain_mask.nii.gz",
-            "xfm": folder / f"{sub}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.{ext}",
-            "inverse_xfm": folder / f"{sub}_from-{TEMPLATE_SPACE}_to-T1w_mode-image_xfm.{ext}",
-            "qc_png": self.root / sub / "figures" / f"{sub}_desc-qc_T1w.png",
-            "sidecar": folder / f"{sub}_{space}_desc-preproc_T1w.json",
-            "mask_sidecar": folder / f"{sub}_{space}_desc-brain_mask.json",
+            "preproc": folder / f"{pre}_{space}_desc-preproc_T1w.nii.gz",
+            "mask": folder / f"{pre}_{space}_desc-brain_mask.nii.gz",
+            "xfm": folder / f"{pre}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.{ext}",
+            "inverse_xfm": folder / f"{pre}_from-{TEMPLATE_SPACE}_to-T1w_mode-image_xfm.{ext}",
+            "qc_png": self.root / sub / "figures" / f"{pre}_desc-qc_T1w.png",
+            "sidecar": folder / f"{pre}_{space}_desc-preproc_T1w.json",
+            "mask_sidecar": folder / f"{pre}_{space}_desc-brain_mask.json",
         }
 
     @property
@@ -268,13 +307,13 @@ class RunLayout:
     def relevance(self, method: str, participant_id: str, model: str | None = None) -> Path:
         """Relevance map of one subject; ``model=None``: the ensemble map, ``"seed-0"``: one model.
 
-        ``OUT/explain/method-<m>/[seed-<n>/]sub-<id>_space-<tpl>_res-<r>_desc-<m>_relevance.nii.gz``
+        ``OUT/explain/method-<m>/[seed-<n>/]sub-<id>[_ses-<id>]_space-<tpl>_res-<r>_desc-<m>_relevance.nii.gz``
         """
         folder = self.root / "explain" / f"method-{label(method)}"
         if model is not None:
             folder = folder / model
-        sub = subject_label(participant_id)
-        return folder / f"{sub}_{self.space}_desc-{label(method)}_relevance.nii.gz"
+        pre = scan_names(participant_id)[2]
+        return folder / f"{pre}_{self.space}_desc-{label(method)}_relevance.nii.gz"
 
     def population(self, method: str, kind: str = "mean") -> Path:
         """Return a population map path: ``kind="mean"`` (``stat-mean``) or ``"top10"``."""
@@ -372,8 +411,8 @@ class RunLayout:
 
     def truth(self, participant_id: str, effect: str = "ageeffect") -> Path:
         """Ground-truth mask of a simulated subject on the model grid."""
-        sub = subject_label(participant_id)
-        return self.root / "evaluation" / "truth" / f"{sub}_desc-{label(effect)}_mask.nii.gz"
+        pre = scan_names(participant_id)[2]
+        return self.root / "evaluation" / "truth" / f"{pre}_desc-{label(effect)}_mask.nii.gz"
 
     # ------------------------------------------------------------------ engine
     def record(self, stage: str, item: str) -> Path:

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from brainage.errors import ConfigError, InputError, SpaceMismatchError, did_you_mean
-from brainage.io.layout import parse_entities, subject_label
+from brainage.io.layout import parse_entities, scan_names
 
 #: Per-subject normalisations understood by :func:`native_region_values`.
 NATIVE_NORMALISATIONS = ("mean_abs", "none")
@@ -100,12 +100,12 @@ class LabelMaps:
 # --------------------------------------------------------------------------- finding label maps
 def _dseg_files(dataset: Path, participant_id: str) -> list[Path]:
     """Native-space ``dseg`` images of one subject in one derivatives dataset."""
-    sub = subject_label(participant_id)
-    anat = dataset / sub / "anat"
+    sub, ses, pre = scan_names(participant_id)
+    anat = dataset / sub / (ses or "") / "anat"
     if not anat.is_dir():
         return []
     out = []
-    for path in sorted(anat.glob(f"{sub}*_dseg.nii.gz")):
+    for path in sorted(anat.glob(f"{pre}*_dseg.nii.gz")):
         if parse_entities(path).get("space") in _NATIVE_SPACES:
             out.append(path)
     return out
@@ -320,8 +320,8 @@ def find_label_maps(
     paths = {pid: f[0] for pid, f in files.items()}
     if check_space:
         for pid, path in paths.items():
-            sub = subject_label(pid)
-            t1w = sorted((bids_root / sub / "anat").glob(f"{sub}*_T1w.nii.gz"))
+            sub, ses, pre = scan_names(pid)
+            t1w = sorted((bids_root / sub / (ses or "") / "anat").glob(f"{pre}_*T1w.nii.gz"))
             if len(t1w) == 1:
                 check_scanner_space(path, t1w[0], pid)
     description = ""

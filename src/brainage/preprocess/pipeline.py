@@ -40,7 +40,7 @@ import pandas as pd
 
 from brainage.errors import ConfigError, InputError
 from brainage.io.atomic import atomic_path, write_json, write_tsv
-from brainage.io.layout import RunLayout, res_label, subject_label
+from brainage.io.layout import RunLayout, res_label, scan_names, subject_label
 from brainage.io.nifti import load_volume, save_nifti
 from brainage.preprocess import steps
 from brainage.preprocess.config import PreprocessConfig
@@ -475,7 +475,7 @@ def preprocess_cohort(
     items, seen = [], {}
     for pid, t1w in zip(table["participant_id"].astype(str), table["t1w"].astype(str), strict=True):
         try:
-            sub = bids_subject(pid)
+            sub = scan_names(pid)[2]
             if sub in seen:
                 raise InputError(
                     f"participant_id maps to the same folder {sub} as {seen[sub]!r}",

@@ -16,6 +16,7 @@ import pandas as pd
 from brainage.ensemble import regression_metrics
 from brainage.errors import InputError
 from brainage.io.layout import label, parse_entities
+from brainage.io.scans import read_tsv as scan_table
 
 
 @dataclass
@@ -103,14 +104,12 @@ class RunFolder:
 
 
 def read_tsv(path) -> pd.DataFrame:
-    """Read a brainage TSV (``n/a`` = missing; ``participant_id`` kept as text)."""
-    return pd.read_csv(
-        path,
-        sep="\t",
-        na_values=["n/a", "N/A", "NA", ""],
-        keep_default_na=False,
-        dtype={"participant_id": str},
-    )
+    """Read a brainage TSV (``n/a`` = missing; ``participant_id`` kept as text, scan keys joined).
+
+    A longitudinal run's ``participant_id`` + ``session_id`` become one scan key
+    (:func:`brainage.io.scans.read_tsv`).
+    """
+    return scan_table(path, na_values=["n/a", "N/A", "NA", ""], keep_default_na=False)
 
 
 def _optional(run: RunFolder, path: Path, reader):

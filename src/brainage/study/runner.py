@@ -29,6 +29,7 @@ import pandas as pd
 from brainage.errors import BrainageError, ConfigError
 from brainage.io.atomic import write_json, write_text, write_tsv
 from brainage.io.cohort import Cohort
+from brainage.io.scans import read_tsv
 from brainage.study.design import StudyConfig, StudyRun, expand_study
 from brainage.study.layout import StudyLayout
 from brainage.utils import stable_hash
@@ -258,7 +259,7 @@ def _shared_preprocessing(runs, cohort: Cohort, layout: StudyLayout, executor, p
         from brainage.io.layout import RunLayout
 
         done = set(read_records(RunLayout(folder, cfg.train.resolution_mm), "preprocess"))
-        fail = pd.read_csv(folder / "failures.tsv", sep="\t", dtype=str)
+        fail = read_tsv(folder / "failures.tsv", dtype=str)
         done -= set(fail["participant_id"].astype(str))  # a stale record of a subject now failing
         table = cohort.table[cohort.table["participant_id"].astype(str).isin(done)]
         if table.empty:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from brainage.io.atomic import write_tsv
 from brainage.io.layout import RunLayout
+from brainage.io.scans import read_tsv
 from brainage.study.analysis import (
     condition_ttests,
     phase_summary,
@@ -92,7 +93,7 @@ def run_metrics(layout: RunLayout, seed: int) -> tuple[dict, dict]:
         Fold → training log.
     """
     path = layout.file("predictions.tsv")
-    pred = (pd.read_csv(path, sep="\t", dtype={"participant_id": str}) if path.exists()
+    pred = (read_tsv(path) if path.exists()
             else pd.DataFrame(columns=["split", "age", "brain_age"]))  # fmt: skip
     test = pred[(pred["split"] == "test") & pred["age"].notna()]
     col = f"brain_age_seed-{seed}"

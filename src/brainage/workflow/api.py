@@ -23,6 +23,7 @@ from brainage.io.atomic import write_json, write_text
 from brainage.io.cohort import Cohort
 from brainage.io.derivatives import is_synthetic, source_name, write_derivative_metadata
 from brainage.io.layout import RunLayout
+from brainage.io.scans import read_tsv
 from brainage.workflow.progress import setup_logging
 from brainage.workflow.records import read_records
 from brainage.workflow.runner import Runner, remove_stale_temporaries
@@ -149,7 +150,7 @@ def _execute(ctx: RunContext, targets, stages, report_name="run") -> RunResult:
     result = RunResult(layout.root, computed=computed, stage_seconds=dict(runner.seconds))
     pred = layout.file("predictions.tsv")
     if ("predict", "ensemble") in ctx.records and pred.exists():
-        result.predictions = pd.read_csv(pred, sep="\t", dtype={"participant_id": str})
+        result.predictions = read_tsv(pred)
         result.metrics = pd.read_csv(layout.file("metrics.tsv"), sep="\t")
         every = result.metrics.get("fold", pd.Series("all", index=result.metrics.index))
         test = result.metrics[
@@ -267,9 +268,7 @@ def _finished_run(run_dir, needed: tuple[str, ...]) -> RunLayout:
 
 def cohort_of_run(layout: RunLayout) -> Cohort:
     """Return the cohort of a run folder, from its ``cohort.tsv`` (image paths as recorded)."""
-    table = pd.read_csv(
-        layout.file("cohort.tsv"), sep="\t", dtype={"participant_id": str}, na_values=["n/a"]
-    )
+    table = read_tsv(layout.file("cohort.tsv"))
     desc = layout.file("dataset_description.json")
     source = ""
     if desc.exists():

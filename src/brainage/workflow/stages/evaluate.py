@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from brainage.io.atomic import write_json, write_tsv
+from brainage.io.scans import read_tsv
 from brainage.workflow.stage import ItemResult, RunContext, Stage
 from brainage.workflow.stages.explain import UNOISE, _uses_reference, explained_subjects
 
@@ -205,7 +206,7 @@ class EvaluateStage(Stage):
         ]
         if not recs:
             return
-        rows = [pd.read_csv(r.output(layout, "xai"), sep="\t", na_values=["n/a"]) for r in recs]
+        rows = [read_tsv(r.output(layout, "xai")) for r in recs]
         write_xai_table(pd.concat(rows, ignore_index=True), layout.root)
         summaries, subjects = [], []
         for r in recs:

@@ -33,6 +33,7 @@ from brainage.ensemble import (
     regression_metrics,
 )
 from brainage.io.atomic import write_json, write_tsv
+from brainage.io.scans import read_tsv
 from brainage.workflow.stage import ItemResult, RunContext, Stage
 from brainage.workflow.stages.train import (
     fold_model_items,
@@ -50,7 +51,7 @@ METRIC_COLUMNS = ["model", "split", "fold", "n", "mae", "rmse", "r"]
 def read_predictions(ctx: RunContext):
     """Read the run's ``predictions.tsv`` (via the ``predict`` record), by participant_id."""
     path = ctx.record("predict", "ensemble").output(ctx.layout, "predictions")
-    return pd.read_csv(path, sep="\t").set_index("participant_id")
+    return read_tsv(path).set_index("participant_id")
 
 
 def load_models(ctx: RunContext, items=None):

@@ -14,6 +14,7 @@ import pandas as pd
 
 from brainage.data.splits import fold_column, make_folds, make_splits
 from brainage.io.atomic import write_tsv
+from brainage.io.scans import read_tsv
 from brainage.workflow.stage import ItemResult, RunContext, Stage
 
 #: Columns of ``cohort.tsv`` (those the cohort has).
@@ -59,9 +60,7 @@ class SplitsStage(Stage):
 
     def finish(self, ctx: RunContext) -> None:
         rec = ctx.record(self.name, "cohort")
-        splits = pd.read_csv(
-            rec.output(ctx.layout, "splits"), sep="\t", dtype={"participant_id": str}
-        )
+        splits = read_tsv(rec.output(ctx.layout, "splits"))
         pids = splits["participant_id"]
         ctx.cohort["split"] = ctx.cohort["participant_id"].map(
             dict(zip(pids, splits["split"], strict=True))
