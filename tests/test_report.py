@@ -307,7 +307,7 @@ def make_fake_run(out, full=True, seed=0, n=60, atlases=None, res=4, evaluation=
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     out = make_fake_run(tmp_path_factory.mktemp("run") / "OUT")
-    write_report(out)
+    write_report(out, subject_pages=False)  # pages: test_report_pages.py
     return out
 
 

@@ -211,18 +211,10 @@ def test_a_longitudinal_dataset_gives_one_prediction_per_session(tmp_path):
     pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
     cohort = read_bids(root)
     assert len(cohort) == 24
-    cfg_dict = merge(DEMO_OVERRIDES, {
-        "split": {"scheme": "kfold", "n_folds": 3, "validation_fraction": 0.2},
-        "ensemble": {"n_seeds": 1},
-        "train": {"epochs": 2, "patience": 2, "batch_size": 8,
-                  "model_params": {"filters": [8, 8, 16, 16, 8], "dense": 16}},
-        "bias_correction": {"n_bootstrap": 50},
-        "explain": {"methods": ["lrp"]},
-        "evaluate": {"n_subjects": 2, "randomisation": False},
-        "stats": {"n_perm": 19},
-        "population": {"atlases": ["aal"], "subgroups": []},
-        "run": {"n_jobs": 1, "backend": "serial"},
-    })  # fmt: skip
+    from test_bids_app import FAST
+
+    split = {"scheme": "kfold", "n_folds": 3, "validation_fraction": 0.2}
+    cfg_dict = merge(merge(DEMO_OVERRIDES, FAST), {"split": split})
     from brainage.config import Config
 
     out = tmp_path / "out"

@@ -307,25 +307,28 @@ def _bids_layout(root: Path):
         ) from None
 
 
-def _session_ages(layout, root: Path, subject: str) -> dict[str, str]:
-    """``session_id → age`` cell from ``sub-<id>/sub-<id>_sessions.tsv`` (empty if absent)."""
-    files = layout.get(subject=subject, suffix="sessions", extension=".tsv")
-    if not files:
-        return {}
-    path = Path(files[0].path)
+def _read_bids_tsv(path: Path, column: str, fix: str) -> pd.DataFrame:
+    """Read a BIDS TSV as text cells (InputError naming the file: unreadable, no ``column``)."""
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except Exception as exc:
         raise InputError(
             f"cannot read table ({exc})", "write a tab-separated file", path=path
         ) from None
-    if "session_id" not in table.columns:
+    if column not in table.columns:
         raise InputError(
-            f"no session_id column (columns: {', '.join(table.columns)})",
-            "name the session column session_id (values ses-<label>)",
-            f"sub-{subject}",
-            path,
+            f"no {column} column (columns: {', '.join(table.columns)})", fix, path=path
         )
+    return table
+
+
+def _session_ages(layout, root: Path, subject: str) -> dict[str, str]:
+    """``session_id → age`` cell from ``sub-<id>/sub-<id>_sessions.tsv`` (empty if absent)."""
+    files = layout.get(subject=subject, suffix="sessions", extension=".tsv")
+    if not files:
+        return {}
+    path = Path(files[0].path)
+    table = _read_bids_tsv(path, "session_id", "name the session column session_id (ses-<label>)")
     if "age" not in table.columns:
         return {}
     ids = [str(v).strip() for v in table["session_id"]]
@@ -375,18 +378,7 @@ def read_bids(path: str | Path, strict: bool = False, filters: dict | None = Non
             "a BIDS dataset needs participants.tsv with participant_id and age columns",
             path=tsv,
         )
-    try:
-        parts = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise InputError(
-            f"cannot read table ({exc})", "write a tab-separated file", path=tsv
-        ) from None
-    if "participant_id" not in parts.columns:
-        raise InputError(
-            f"no participant_id column (columns: {', '.join(parts.columns)})",
-            "name the subject column participant_id",
-            path=tsv,
-        )
+    parts = _read_bids_tsv(tsv, "participant_id", "name the subject column participant_id")
     parts["participant_id"] = parts["participant_id"].str.strip()
     _check_unique(parts["participant_id"], tsv)
     if "age" not in parts.columns:

@@ -197,6 +197,69 @@ def _on_grid(img, affine, shape, interpolation: str):
     return np.asarray(out.dataobj, dtype=np.float64)
 
 
+def _grid(cache: dict, affine, shape, background, brain) -> dict:
+    """Background (NaN outside the head/brain) and brain mask on one map grid, cached."""
+    key = (tuple(shape), tuple(np.round(affine, 3).ravel()))
+    if key in cache:
+        return cache[key]
+    bgv = None if background is None else _on_grid(background, affine, shape, "continuous")
+    mask = None if brain is None else _on_grid(brain, affine, shape, "nearest") > 0.5
+    entry = {"bg": bgv, "brain": mask}
+    if bgv is not None:
+        top = float(np.percentile(bgv, 99.5))
+        head = bgv > 0.1 * top  # resampling leaves ~1e-18 outside the head
+        if mask is not None:
+            head &= mask
+        entry["bg"] = np.where(head, bgv, np.nan)
+        lo = float(np.percentile(bgv[head], 2)) if head.any() else 0.0
+        entry["bg_range"] = (lo, max(top, lo + 1e-12))
+    cache[key] = entry
+    return entry
+
+
+def draw_relevance_slice(ax, sl: np.ndarray, vmax: float, grid: dict, k: int, cmap) -> None:
+    """Draw one axial relevance slice on ``ax`` (diverging, ``±vmax``) over faint anatomy.
+
+    ``sl`` is the slice transposed for ``imshow(origin="lower")`` (RAS+: left on the left,
+    anterior up); with a background the overlay's opacity grows with ``|r| / vmax`` (power 0.6)
+    so the anatomy shows where relevance is small. ``grid`` comes from :func:`_grid`.
+    """
+    from matplotlib.colors import Normalize
+
+    if grid["bg"] is None:
+        ax.imshow(sl, cmap=cmap, vmin=-vmax, vmax=vmax, origin="lower", interpolation="nearest")
+        return
+    lo, hi = grid["bg_range"]
+    bg = grid["bg"][:, :, k].T
+    ax.imshow(np.ma.masked_invalid(bg), cmap="gray", vmin=lo, vmax=hi, origin="lower",
+              alpha=0.45, interpolation="nearest")  # fmt: skip
+    rgba = cmap(Normalize(-vmax, vmax, clip=True)(sl))
+    rgba[..., 3] = np.clip(np.abs(sl) / vmax, 0.0, 1.0) ** 0.6
+    ax.imshow(rgba, origin="lower", interpolation="nearest")
+
+
+def relevance_rgba(sl: np.ndarray, grid: dict, k: int, cmap) -> np.ndarray:
+    """RGB image (float, white paper) of a relevance slice in units of its colour limit.
+
+    The same look as :func:`draw_relevance_slice` with ``vmax = 1``, composited in numpy:
+    anatomy in grey at opacity 0.45 over white, the overlay at opacity ``min(|r|, 1) ** 0.6``.
+    """
+    from matplotlib.colors import Normalize
+
+    out = np.ones((*sl.shape, 3))
+    if grid["bg"] is not None:
+        lo, hi = grid["bg_range"]
+        bg = grid["bg"][:, :, k].T
+        grey = np.clip((bg - lo) / (hi - lo), 0.0, 1.0)
+        inside = np.isfinite(bg)[..., None]
+        out = np.where(inside, 0.55 * out + 0.45 * np.nan_to_num(grey)[..., None], out)
+        alpha = (np.clip(np.abs(sl), 0.0, 1.0) ** 0.6)[..., None]
+    else:
+        alpha = np.ones((*sl.shape, 1))
+    colour = cmap(Normalize(-1.0, 1.0, clip=True)(sl))[..., :3]
+    return (1 - alpha) * out + alpha * colour
+
+
 def methods_side_by_side_figure(
     maps,
     row_labels,
@@ -326,47 +389,9 @@ def methods_side_by_side_figure(
                     0.5, 0.5, f"z = {z:g} mm\noutside map", ha="center", va="center", fontsize=7
                 )
                 continue
-            key = (data.shape, tuple(np.round(affine, 3).ravel()))
-            if key not in grid_cache:
-                grid_cache[key] = {
-                    "bg": None
-                    if background is None
-                    else _on_grid(background, affine, data.shape, "continuous"),
-                    "brain": None
-                    if brain is None
-                    else _on_grid(brain, affine, data.shape, "nearest") > 0.5,
-                }
-                bgv = grid_cache[key]["bg"]
-                if bgv is not None:
-                    top = float(np.percentile(bgv, 99.5))
-                    head = bgv > 0.1 * top  # resampling leaves ~1e-18 outside the head
-                    if grid_cache[key]["brain"] is not None:
-                        head &= grid_cache[key]["brain"]
-                    grid_cache[key]["bg"] = np.where(head, bgv, np.nan)
-                    lo = float(np.percentile(bgv[head], 2)) if head.any() else 0.0
-                    grid_cache[key]["bg_range"] = (lo, max(top, lo + 1e-12))
-            cached = grid_cache[key]
+            cached = _grid(grid_cache, affine, data.shape, background, brain)
             vmax = panel_scale(data, cached["brain"], percentile)
-            sl = data[:, :, k].T
-            if cached["bg"] is not None:
-                lo, hi = cached["bg_range"]
-                bg = cached["bg"][:, :, k].T
-                ax.imshow(
-                    np.ma.masked_invalid(bg),  # outside the brain: white
-                    cmap="gray",
-                    vmin=lo,
-                    vmax=hi,
-                    origin="lower",
-                    alpha=0.45,
-                    interpolation="nearest",
-                )
-                rgba = cmap(Normalize(-vmax, vmax, clip=True)(sl))
-                rgba[..., 3] = np.clip(np.abs(sl) / vmax, 0.0, 1.0) ** 0.6
-                ax.imshow(rgba, origin="lower", interpolation="nearest")
-            else:
-                ax.imshow(
-                    sl, cmap=cmap, vmin=-vmax, vmax=vmax, origin="lower", interpolation="nearest"
-                )
+            draw_relevance_slice(ax, data[:, :, k].T, vmax, cached, k, cmap)
             if truths[r] is not None:
                 t = _on_grid(truths[r], affine, data.shape, "nearest")[:, :, k].T > 0.5
                 if t.any():
@@ -415,3 +440,110 @@ def _wrapped(text: str, width: int) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width)) or text
+
+
+#: MNI z levels (mm) of a subject page's slices: mesial temporal lobe, basal ganglia, lateral
+#: ventricles, centrum semiovale, upper cortex.
+SUBJECT_CUTS_MM = (-20, -4, 12, 28, 44)
+
+
+def subject_slices_figure(
+    maps: dict,
+    background=None,
+    brain=None,
+    cut_coords=SUBJECT_CUTS_MM,
+    percentile: float = 99.0,
+    panel_inches: float = 1.5,
+    cache: dict | None = None,
+) -> Figure:
+    """One subject's relevance maps, several axial slices per method, on one shared scale.
+
+    Rows = methods, columns = MNI z levels. Methods have different units, so each map is divided
+    by its ``percentile`` of ``|r|`` over the brain (:func:`panel_scale`); every panel then shares
+    one colour scale, −1 … +1 in those units (values beyond are clipped), and the divisor is
+    printed beside each row. Red = evidence for an older brain age, blue = younger. Slices are
+    drawn in neurological convention (left hemisphere on the left, anterior up).
+
+    Parameters
+    ----------
+    maps : dict of str to nibabel.Nifti1Image
+        ``method → 3D relevance map`` (affine: voxels → MNI mm).
+    background, brain : nibabel.Nifti1Image, optional
+        Template anatomy (drawn faintly) and brain mask (the percentile's voxels).
+    cut_coords : sequence of float
+        MNI z (mm) of the slices.
+    percentile : float
+        In (0, 100].
+    panel_inches : float
+    cache : dict, optional
+        Background and mask resampled per map grid, reused across calls (one per report).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        ``maps`` or ``cut_coords`` is empty.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    methods = list(maps)
+    cuts = [float(z) for z in cut_coords]
+    if not methods or not cuts:
+        raise ValueError("'maps' and 'cut_coords' must not be empty")
+    cmap = matplotlib.colormaps["RdBu_r"]
+    shape0 = nib.as_closest_canonical(maps[methods[0]]).shape
+    aspect = shape0[1] / shape0[0]
+    label_w, n_cols = 1.35, len(cuts)
+    width = label_w + panel_inches * n_cols
+    fig = Figure(figsize=(width, panel_inches * aspect * len(methods) + 1.25))
+    height = fig.get_figheight()
+    top, bottom = 1 - 0.35 / height, 0.95 / height
+    row_h = (top - bottom) / len(methods)
+    cache = {} if cache is None else cache
+    for r, method in enumerate(methods):
+        data, affine = _canonical(maps[method])
+        grid = _grid(cache, affine, data.shape, background, brain)
+        scale = panel_scale(data, grid["brain"], percentile)
+        # one mosaic image per method (slices side by side): one axes per row draws fast
+        tiles = []
+        for z in cuts:
+            k = _world_to_k(affine, data.shape, z)
+            tiles.append(
+                None if k is None else relevance_rgba(data[:, :, k].T / scale, grid, k, cmap)
+            )
+        blank = np.ones((data.shape[1], data.shape[0], 3))
+        gap = np.ones((data.shape[1], 1, 3))
+        row = [t if t is not None else blank for t in tiles]
+        mosaic = np.concatenate([x for t in row for x in (t, gap)][:-1], axis=1)
+        left = label_w / width
+        ax = fig.add_axes([left, top - (r + 1) * row_h + 0.004, 1 - left - 0.005, row_h - 0.008])
+        ax.imshow(mosaic, origin="lower", interpolation="nearest", aspect="equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_ylabel(f"{_wrapped(method.replace('_', ' '), 14)}\n÷ {scale:.2g}",
+                      fontsize=8.5, rotation=0, ha="right", va="center")  # fmt: skip
+        step = data.shape[0] + 1
+        for c, z in enumerate(cuts):
+            if r == 0:
+                ax.text(c * step + data.shape[0] / 2, data.shape[1] + 1, f"z = {z:g} mm",
+                        ha="center", va="bottom", fontsize=8.5)  # fmt: skip
+            if tiles[c] is None:
+                ax.text(c * step + data.shape[0] / 2, data.shape[1] / 2, "outside map",
+                        ha="center", va="center", fontsize=7)  # fmt: skip
+        if r == 0:
+            ax.text(1, data.shape[1] - 2, "L", ha="left", va="top", fontsize=7)
+            ax.text(data.shape[0] - 2, data.shape[1] - 2, "R", ha="right", va="top", fontsize=7)
+    cax = fig.add_axes([0.3, 0.42 / height, 0.4, 0.12 / height])
+    cb = fig.colorbar(ScalarMappable(Normalize(-1, 1), cmap), cax=cax, orientation="horizontal")
+    cb.set_ticks([-1, -0.5, 0, 0.5, 1])
+    cb.ax.tick_params(labelsize=7)
+    cb.set_label(f"relevance ÷ the map's {percentile:g}th percentile of |relevance| in the brain "
+                 "(a.u.; divisor beside each row)", fontsize=7.5)  # fmt: skip
+    cb.ax.xaxis.set_label_position("top")
+    return fig

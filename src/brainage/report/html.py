@@ -56,8 +56,10 @@ __all__ = [
 ]
 
 
-def write_report(out_dir, path=None, title: str | None = None) -> Path:
-    """Write ``OUT/report.html`` for the run folder ``out_dir``.
+def write_report(
+    out_dir, path=None, title: str | None = None, subject_pages: bool = True, n_jobs: int = 1
+) -> Path:
+    """Write ``OUT/report.html`` for the run folder ``out_dir``, and a page per subject.
 
     Parameters
     ----------
@@ -67,12 +69,20 @@ def write_report(out_dir, path=None, title: str | None = None) -> Path:
         Where to write the page; default ``out_dir / "report.html"``.
     title : str, optional
         Page title; default the ``Name`` of ``dataset_description.json``.
+    subject_pages : bool
+        Also write ``OUT/sub-<label>.html`` for every subject (prediction, QC picture, relevance
+        maps in several slices, an interactive viewer; :mod:`brainage.report.subject_pages`),
+        linked from the subject table, and an interactive viewer of each population mean map
+        (``OUT/figures/``), embedded in the methods section.
+    n_jobs : int
+        Worker processes for the subject pages.
 
     Returns
     -------
     Path
         The HTML file, written atomically. It is self-contained: figures are ``data:`` URIs, the
-        CSS is inline and nothing refers to an external URL.
+        CSS is inline and nothing refers to an external URL (the subject pages link to the QC
+        pictures and viewers under ``sub-<label>/figures/``).
 
     Raises
     ------
@@ -82,14 +92,32 @@ def write_report(out_dir, path=None, title: str | None = None) -> Path:
     from brainage.io.atomic import write_text
 
     out_dir = Path(out_dir)
-    html = render_report(out_dir, title=title)
+    html = render_report(out_dir, title=title, subject_pages=subject_pages, n_jobs=n_jobs)
     return write_text(Path(path) if path is not None else out_dir / "report.html", html)
 
 
-def render_report(out_dir, title: str | None = None) -> str:
-    """Return the report of ``out_dir`` as an HTML string (see :func:`write_report`)."""
+def render_report(
+    out_dir, title: str | None = None, subject_pages: bool = False, n_jobs: int = 1
+) -> str:
+    """Return the report of ``out_dir`` as an HTML string (see :func:`write_report`).
+
+    With ``subject_pages`` the per-subject pages are written first and linked.
+    """
     run = read_run_folder(out_dir)
     context = build_context(run, title=title)
+    if subject_pages and context.get("subjects"):
+        from brainage.report.subject_pages import write_subject_pages
+
+        links = _safe("subject pages", run, write_subject_pages, run, context, n_jobs=n_jobs) or {}
+        for row in context["subjects"]["rows"]:
+            row["page"] = links.get(row["pid"])
+    if subject_pages:
+        from brainage.report.subject_pages import write_population_viewers
+
+        viewers = _safe("population viewers", run, write_population_viewers, run) or {}
+        for entry in context["methods"]:
+            entry["viewer"] = viewers.get(entry["name"])
+    context["problems"] = list(run.problems)
     return template_environment().get_template("report.html").render(**context)
 
 
@@ -170,6 +198,7 @@ def build_context(run: RunFolder, title: str | None = None) -> dict:
     context["methods"] = _safe("methods", run, _methods_section, run) or []
     for entry in context["methods"]:
         entry["sanity"] = sanity.get(entry["name"])
+        entry["viewer"] = None  # interactive viewer, once written (render_report)
     context["subgroups"] = _safe("subgroup maps", run, _subgroups_section, run)
     context["stability"] = _safe("rank stability", run, _stability_section, run)
     context["stats"] = _safe("statistics", run, _stats_section, run)

@@ -17,6 +17,7 @@ from brainage.ensemble import regression_metrics
 from brainage.errors import InputError
 from brainage.io.layout import label, parse_entities
 from brainage.io.scans import read_tsv as scan_table
+from brainage.io.scans import scan_key
 
 
 @dataclass
@@ -54,7 +55,7 @@ class RunFolder:
     lesions : pandas.DataFrame or None
         ``evaluation/lesions.tsv``: one row per method (lesion analysis of paper 003).
     subject_maps : dict of str to dict of str to Path
-        ``method → "sub-<id>" → ensemble relevance map`` in template space
+        ``method → scan key ("sub-<id>[_ses-<id>]") → ensemble relevance map`` in template space
         (``explain/method-<m>/sub-<id>_space-…_res-…_desc-<m>_relevance.nii.gz``; the maps of
         single base models under ``seed-<n>/`` are not listed).
     truth : dict of str to Path
@@ -253,7 +254,8 @@ def read_run_folder(out_dir) -> RunFolder:
         for path in sorted(folder.glob("sub-*_relevance.nii*")):
             e = parse_entities(path)
             if e.get("desc") == label(method) and "sub" in e:
-                run.subject_maps.setdefault(method, {})[f"sub-{e['sub']}"] = path
+                key = scan_key(f"sub-{e['sub']}", e.get("ses"))
+                run.subject_maps.setdefault(method, {})[key] = path
     for path in sorted((evaluation / "truth").glob("sub-*_desc-ageeffect_mask.nii*")):
         e = parse_entities(path)
         if "sub" in e and e.get("suffix") == "mask":

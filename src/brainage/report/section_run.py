@@ -164,6 +164,23 @@ def _subjects_section(run: RunFolder) -> dict | None:
             "reg_quality": reg,
             "flag": threshold is not None and reg is not None and reg < threshold,
             "qc_png": png if isinstance(png, str) and png else None,
+            "page": None,  # the subject page, once written (brainage.report.subject_pages)
         })  # fmt: skip
+    n_cnn = sum(1 for c in pred.columns if str(c).startswith("brain_age_seed-"))
     return {"rows": rows, "threshold": threshold, "mad": QC_MAD_THRESHOLD,
-            "n_flagged": sum(r["flag"] for r in rows)}  # fmt: skip
+            "n_flagged": sum(r["flag"] for r in rows), "n_cnn": n_cnn,
+            "few_cnn": 0 < n_cnn < MIN_CNN_FOR_UNCERTAINTY,
+            "t_factor": _t_factor(n_cnn)}  # fmt: skip
+
+
+#: Base CNNs below which the report warns that the uncertainty (a t-interval width) is unusable.
+MIN_CNN_FOR_UNCERTAINTY = 3
+
+
+def _t_factor(n: int) -> float | None:
+    """``2 · t_{0.975, n−1} / √n``: the uncertainty per year of base-model SD (None for n < 2)."""
+    if n < 2:
+        return None
+    from scipy import stats
+
+    return float(2 * stats.t.ppf(0.975, n - 1) / n**0.5)

@@ -15,7 +15,7 @@ class ReportStage(Stage):
     """See the module docstring."""
 
     name = "report"
-    version = "1"
+    version = "2.subjectpages"
     requires = ("predict", "population", "regions", "evaluate", "stats", "native_regions",
                 "subgroups", "stability", "phases")  # fmt: skip
 
@@ -28,4 +28,6 @@ class ReportStage(Stage):
     def compute(self, ctx: RunContext, item: str, key: str) -> ItemResult:
         from brainage.report import write_report
 
-        return ItemResult({"report": write_report(ctx.layout.root)})
+        run = ctx.config.run
+        n_jobs = run.n_jobs if run.backend != "serial" else 1
+        return ItemResult({"report": write_report(ctx.layout.root, n_jobs=n_jobs)})

@@ -1,0 +1,123 @@
+"""Per-subject report pages, interactive viewers and the shared-scale slice figure."""
+
+import re
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from test_report import XAI_SUBJECTS, make_fake_run
+
+from brainage.report import figures_maps as fm
+from brainage.report import write_report
+from brainage.report.subject_pages import viewer_html
+from brainage.space import template_grid
+
+
+@pytest.fixture(scope="module")
+def paged_run(tmp_path_factory):
+    out = make_fake_run(tmp_path_factory.mktemp("pages") / "OUT", n=44)
+    write_report(out, n_jobs=1)
+    return out
+
+
+def _no_network(html):
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+    assert "favicon" not in html
+
+
+def test_every_subject_has_a_page_linked_from_the_subject_table(paged_run):
+    pred = pd.read_csv(paged_run / "predictions.tsv", sep="\t")
+    report = (paged_run / "report.html").read_text()
+    table = report.split('id="subject-table"')[1].split("</table>")[0]
+    for rec in pred.to_dict("records"):
+        pid = rec["participant_id"]
+        assert f'<a href="{pid}.html#{pid}">{pid}</a>' in table
+        page = (paged_run / f"{pid}.html").read_text()
+        _no_network(page)
+        assert f"{rec['brain_age']:.1f} years" in page  # the prediction of predictions.tsv
+        assert 'href="report.html#subjects"' in page
+    # every local link of a page resolves to a file of the run folder
+    page = (paged_run / f"{XAI_SUBJECTS[0]}.html").read_text()
+    refs = [r for r in re.findall(r'(?:src|href)="([^"#]+)[^"]*"', page) if ":" not in r]
+    assert len(refs) >= 3  # QC picture (image and link), viewer (frame and link), neighbours
+    for ref in refs:
+        assert (paged_run / ref).is_file(), ref
+
+
+def test_explained_subjects_get_slices_of_every_method_and_an_offline_viewer(paged_run):
+    page = (paged_run / f"{XAI_SUBJECTS[0]}.html").read_text()
+    assert page.count('<img class="fig" src="data:image/png;base64,') == 1
+    viewer = (
+        paged_run
+        / XAI_SUBJECTS[0]
+        / "figures"
+        / f"{XAI_SUBJECTS[0]}_desc-guidedbackprop_viewer.html"
+    )
+    assert viewer.is_file() and viewer.name in page
+    html = viewer.read_text()
+    _no_network(html)
+    assert "brainsprite" in html.lower()
+    # a subject without maps says so instead of drawing nothing
+    other = (paged_run / "sub-IXI000.html").read_text()
+    assert "no relevance map" in other and "<iframe" not in other
+
+
+def test_population_viewers_are_embedded_in_the_methods_section(paged_run):
+    report = (paged_run / "report.html").read_text()
+    for method in ("guided_backprop", "lrp"):
+        name = f"figures/method-{method.replace('_', '')}_stat-mean_viewer.html"
+        assert f'<iframe src="{name}"' in report
+        _no_network((paged_run / name).read_text())
+
+
+def test_uncertainty_from_fewer_than_three_cnns_is_flagged(tmp_path):
+    from scipy import stats
+
+    out = make_fake_run(tmp_path / "OUT", full=False)
+    pred = pd.read_csv(out / "predictions.tsv", sep="\t").drop(columns="brain_age_seed-2")
+    pred.to_csv(out / "predictions.tsv", sep="\t", index=False)
+    html = write_report(out, subject_pages=False).read_text()
+    factor = 2 * stats.t.ppf(0.975, 1) / np.sqrt(2)  # 17.97: the t-interval width per SD
+    assert "Uncertainty from 2 base CNNs only" in html and f"{factor:.1f} ×" in html
+    make_fake_run(tmp_path / "OUT3", full=False)
+    assert "base CNNs only" not in write_report(tmp_path / "OUT3", subject_pages=False).read_text()
+
+
+def test_the_slice_figure_puts_every_method_on_one_scale():
+    """Each map is divided by its own 99th percentile of |r| (oracle: scaling a map changes
+    nothing), and every slice of a map uses the same divisor."""
+    grid = template_grid(4.0)
+    rng = np.random.default_rng(0)
+    data = rng.normal(0, 1, grid.shape)
+    brain = nib.Nifti1Image((np.abs(data) < 3).astype(np.uint8), grid.affine)
+    cache: dict = {}
+    aff, shape = grid.affine, grid.shape
+    g = fm._grid(
+        cache, nib.as_closest_canonical(nib.Nifti1Image(data, aff)).affine, shape, None, brain
+    )
+    scale = fm.panel_scale(data, g["brain"])
+    scaled = fm.panel_scale(7.0 * data, g["brain"])
+    assert scaled == pytest.approx(7.0 * scale)
+    k = shape[2] // 2
+    a = fm.relevance_rgba(data[:, :, k].T / scale, g, k, fm.matplotlib.colormaps["RdBu_r"])
+    b = fm.relevance_rgba(7.0 * data[:, :, k].T / scaled, g, k, fm.matplotlib.colormaps["RdBu_r"])
+    np.testing.assert_allclose(a, b)
+    # saturated values take the colour map's end colours; zero is white
+    sl = np.array([[-5.0, 0.0, 5.0]])
+    rgb = fm.relevance_rgba(sl, {"bg": None}, 0, fm.matplotlib.colormaps["RdBu_r"])
+    end = fm.matplotlib.colormaps["RdBu_r"]([0.0, 1.0])[:, :3]
+    np.testing.assert_allclose(rgb[0, [0, 2]], end)
+    fig = fm.subject_slices_figure(
+        {"a": nib.Nifti1Image(data, aff), "b": nib.Nifti1Image(7.0 * data, aff)}, brain=brain
+    )
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels == [f"a\n÷ {scale:.2g}", f"b\n÷ {7 * scale:.2g}"]
+    titles = [t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("z =")]
+    assert titles == [f"z = {z:g} mm" for z in fm.SUBJECT_CUTS_MM]
+
+
+def test_viewer_has_no_network_reference():
+    grid = template_grid(4.0)
+    img = nib.Nifti1Image(np.random.default_rng(1).normal(size=grid.shape), grid.affine)
+    _no_network(viewer_html(img, title="x"))
