@@ -121,3 +121,43 @@ def test_viewer_has_no_network_reference():
     grid = template_grid(4.0)
     img = nib.Nifti1Image(np.random.default_rng(1).normal(size=grid.shape), grid.affine)
     _no_network(viewer_html(img, title="x"))
+
+
+def test_training_axis_is_not_stretched_by_early_spikes():
+    from brainage.report.figures_plots import robust_upper_limit, training_curves_figure
+
+    epochs = np.arange(1, 41)
+    val = 8 + 4 * np.exp(-epochs / 5.0)
+    val[:2] = [67.0, 40.0]  # the spikes of a first epoch
+    top, cut = robust_upper_limit([val])
+    assert cut and 10 < top < 20  # the plateau and its approach stay visible
+    assert np.mean(val <= top) >= 0.9
+    top2, cut2 = robust_upper_limit([val[5:]])
+    assert not cut2 and top2 == pytest.approx(1.05 * val[5:].max())
+    assert robust_upper_limit([[np.nan]]) is None
+    log = pd.DataFrame({"epoch": epochs, "val_mae": val})
+    fig = training_curves_figure({("fold-1", "seed-0"): log})
+    assert fig.axes[0].get_ylim()[1] == pytest.approx(top)
+
+
+def test_bias_box_names_its_settings_in_words(tmp_path):
+    import json
+
+    out = make_fake_run(tmp_path / "OUT", full=True, evaluation=False)
+    bias = json.loads((out / "bias_correction.json").read_text())
+    bias.update({"min_slope": 0.3, "n_bootstrap": 1000, "seed": 0, "recommended": "x"})
+    (out / "bias_correction.json").write_text(json.dumps(bias))
+    html = write_report(out, subject_pages=False).read_text()
+    box = html.split('id="bias"')[1].split("</section>")[0]
+    assert "smallest slope a accepted" in box and "bootstrap resamples" in box
+    assert "min_slope" not in box and ">recommended<" not in box
+
+
+def test_population_colour_bars_say_what_they_measure(tmp_path):
+    from brainage.report.figures_maps import stat_map_figure
+
+    grid = template_grid(4.0)
+    img = nib.Nifti1Image(np.random.default_rng(2).normal(size=grid.shape), grid.affine)
+    fig = stat_map_figure(img, cut_coords=(0, 20), colorbar_label="mean relevance (z)")
+    bars = [a for a in fig.axes if a.get_ylabel()]
+    assert bars and bars[-1].get_ylabel() == "mean relevance (z)"

@@ -247,8 +247,9 @@ class PopulationConfig(Section):
 
     Parameters
     ----------
-    normalise : {"zscore", "sum", "max", "none"}
-        Per-subject normalisation inside the brain mask before averaging.
+    normalise : {"zscore", "abs", "sum", "none"}
+        Per-subject normalisation inside the brain mask before averaging
+        (:func:`brainage.population.maps.normalise_maps`).
     top_fraction : float
         Fraction of brain voxels in the top-relevance map and region tables, (0, 1].
     sigma_vox : float

@@ -27,6 +27,7 @@ def stat_map_figure(
     cmap: str | None = None,
     symmetric: bool = True,
     fade: tuple[float, float] | None = None,
+    colorbar_label: str | None = None,
 ) -> Figure:
     """Axial slices of a map in template space over an anatomical background (nilearn).
 
@@ -49,6 +50,8 @@ def stat_map_figure(
     fade : (float, float), optional
         ``(lo, hi)`` in map units: overlay opacity grows with ``|value|`` from 0 at ``lo`` to 1 at
         ``hi`` (nilearn ``transparency``), so weak values do not hide the anatomy.
+    colorbar_label : str, optional
+        What the colour bar measures, with its unit (written beside it).
 
     Returns
     -------
@@ -87,22 +90,26 @@ def stat_map_figure(
             kwargs["transparency"] = nib.Nifti1Image(alpha.astype(np.float32), img.affine)
             kwargs["transparency_range"] = [0.0, 1.0]
     plotting.plot_stat_map(img, **kwargs)
-    _tidy_colorbar(fig, vmax, symmetric)
+    _tidy_colorbar(fig, vmax, symmetric, colorbar_label)
     return fig
 
 
-def _tidy_colorbar(fig: Figure, vmax: float, symmetric: bool) -> None:
-    """Put five evenly spaced ticks with two significant digits on the colour bar.
+def _tidy_colorbar(fig: Figure, vmax: float, symmetric: bool, text: str | None = None) -> None:
+    """Put five evenly spaced ticks with two significant digits on the colour bar, and its label.
 
     nilearn adds ± the threshold to its ticks, whose labels overlap near 0.
     """
-    bars = [a for a in fig.axes if a.get_position().width < 0.02]
+    # nilearn's colour bar: the tall, thin axes (in figure fractions, whatever the cut count)
+    bars = [a for a in fig.axes if a.get_position().height > 3 * a.get_position().width]
     if not bars:
         return
-    cax = bars[-1]
+    cax = min(bars, key=lambda a: a.get_position().width)
     ticks = np.linspace(-vmax, vmax, 5) if symmetric else np.linspace(0.0, vmax, 5)
     cax.set_yticks(ticks)
     cax.set_yticklabels([f"{t:.2g}" if abs(t) > 1e-12 * vmax else "0" for t in ticks])
+    if text:
+        cax.set_ylabel(text, fontsize=7.5, labelpad=2)
+        cax.yaxis.set_label_position("left")
 
 
 #: MNI z (mm) of the default axial slice of the method comparison: the bodies of the lateral

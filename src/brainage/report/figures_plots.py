@@ -196,6 +196,30 @@ def gap_figure(predictions: pd.DataFrame, splits=("validation", "test")) -> Figu
     return fig
 
 
+def robust_upper_limit(series, quantile: float = 0.9, margin: float = 1.25):
+    """Upper axis limit that early spikes cannot stretch: ``margin ×`` the ``quantile`` of values.
+
+    Parameters
+    ----------
+    series : iterable of array-like
+        The plotted values (e.g. MAE per epoch of every curve), years.
+    quantile, margin : float
+
+    Returns
+    -------
+    (float, bool) or None
+        The limit and whether some values lie above it; None when there are no finite values.
+    """
+    values = np.concatenate([np.asarray(v, dtype=float).ravel() for v in series] or [[]])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    top = float(max(margin * np.quantile(values, quantile), 1e-9))
+    if values.max() <= top:
+        return float(values.max() * 1.05), False
+    return top, True
+
+
 def training_curves_figure(logs: dict, metric: str = "val_mae") -> Figure:
     """Plot validation MAE per epoch: one line per seed, one panel per condition.
 
@@ -217,6 +241,9 @@ def training_curves_figure(logs: dict, metric: str = "val_mae") -> Figure:
     nrow = int(np.ceil(n / ncol))
     fig = Figure(figsize=(4.6 * ncol + 0.6, 3.4 * nrow))
     cmap = matplotlib.colormaps["tab10"]
+    top = robust_upper_limit(
+        [log[col] for log in logs.values() for col in (metric, "train_mae") if col in log]
+    )
     for i, cond in enumerate(conditions):
         ax = fig.add_subplot(nrow, ncol, i + 1)
         seeds = sorted((s for c, s in logs if c == cond), key=_natural_key)
@@ -230,6 +257,12 @@ def training_curves_figure(logs: dict, metric: str = "val_mae") -> Figure:
         ax.set_title(cond, fontsize=11)
         ax.set_xlabel("epoch")
         ax.set_ylabel("MAE (years)")
+        if top is not None:
+            ax.set_ylim(0, top[0])
+            if top[1]:
+                ax.text(0.99, 0.99, f"axis cut at {top[0]:.0f} y (early epochs above)",
+                        transform=ax.transAxes, ha="right", va="top", fontsize=7,
+                        color="#5b6475")  # fmt: skip
         if len(seeds) <= 10:
             ax.legend(
                 frameon=False,

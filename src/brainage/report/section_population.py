@@ -17,7 +17,22 @@ from brainage.report.section_common import _background, _safe
 N_TOP_REGIONS = 15
 
 
+#: Colour-bar label of a population map, by the normalisation of its subject maps.
+UNITS = {
+    "zscore": "mean relevance (z, per-subject maps z-scored in the brain)",
+    "sum": "mean |relevance| (fraction of the subject's total per voxel)",
+    "abs": "mean |relevance| (z, per-subject |maps| z-scored in the brain)",
+    "none": "mean relevance (the method's own units)",
+}
+
+
 def _map_figure(path: Path, res: str, title: str, top: bool) -> tuple[str, str]:
+    from brainage.population import read_sidecar
+
+    norm = read_sidecar(path).get("Normalisation")
+    label = UNITS.get(str(norm), "mean relevance (a.u.)")
+    if top:
+        label = "smoothed top-10 % indicator"
     img = nib.load(str(path))
     data = np.asarray(img.dataobj, dtype=np.float64)
     nonzero = np.abs(data[data != 0])
@@ -38,6 +53,7 @@ def _map_figure(path: Path, res: str, title: str, top: bool) -> tuple[str, str]:
         threshold=threshold,
         symmetric=signed or not top,
         fade=fade,
+        colorbar_label=label,
     )
     return mf.figure_to_data_uri(fig), note
 

@@ -258,6 +258,19 @@ def _metrics_section(run: RunFolder, metrics: pd.DataFrame, source: str) -> dict
     return {"source": source, "splits": splits, "rows": rows, "base_summary": base_summary}
 
 
+#: Keys of ``bias_correction.json`` the bias box states in its sentences (not listed again).
+BIAS_SHOWN = {"slope", "intercept", "slope_ci", "n_validation", "val_mae_before",
+              "val_mae_after_cv", "recommended_column", "recommended", "warnings",
+              "slope_ci_meaning", "n_folds_recommending", "folds"}  # fmt: skip
+#: Readable names of the other settings of the correction.
+BIAS_LABELS = {
+    "min_slope": "smallest slope a accepted (below it the correction is not recommended)",
+    "n_bootstrap": "bootstrap resamples of the slope's 95 % CI",
+    "seed": "seed of the bootstrap",
+    "gap_from": "brain-age gap computed from",
+}
+
+
 def _bias_section(run: RunFolder) -> dict | None:
     bias = run.bias
     if not bias:
@@ -278,24 +291,11 @@ def _bias_section(run: RunFolder) -> dict | None:
         "n_folds": len(bias["folds"]) if isinstance(bias.get("folds"), list) else None,
         "n_recommending": bias.get("n_folds_recommending"),
         "warnings": [str(w) for w in warnings],
-        "extra": {
-            k: v
+        "extra": [
+            (BIAS_LABELS.get(k, k.replace("_", " ")), f"{v:.3g}" if isinstance(v, float) else v)
             for k, v in bias.items()
-            if k
-            not in {
-                "slope",
-                "intercept",
-                "slope_ci",
-                "n_validation",
-                "val_mae_before",
-                "val_mae_after_cv",
-                "recommended_column",
-                "warnings",
-                "slope_ci_meaning",
-                "n_folds_recommending",
-            }
-            and isinstance(v, (str, int, float, bool))
-        },
+            if k not in BIAS_SHOWN and isinstance(v, (str, int, float, bool))
+        ],
     }
 
 
