@@ -107,8 +107,9 @@ def _tidy_colorbar(fig: Figure, vmax: float, symmetric: bool, text: str | None =
     ticks = np.linspace(-vmax, vmax, 5) if symmetric else np.linspace(0.0, vmax, 5)
     cax.set_yticks(ticks)
     cax.set_yticklabels([f"{t:.2g}" if abs(t) > 1e-12 * vmax else "0" for t in ticks])
+    cax.tick_params(labelsize=11)
     if text:
-        cax.set_ylabel(text, fontsize=7.5, labelpad=2)
+        cax.set_ylabel(text, fontsize=12, labelpad=3)
         cax.yaxis.set_label_position("left")
 
 

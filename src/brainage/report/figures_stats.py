@@ -125,24 +125,26 @@ def rank_chart_figure(ranks: pd.DataFrame, n: int = 10, title: str | None = None
         ax.plot(x, y, marker="o", color=color, linewidth=1.4, markersize=4,
                 linestyle="-" if k < len(CATEGORY_COLORS) else "--")  # fmt: skip
         ax.annotate(str(region).replace("_", " "), (x[-1], y[-1]), xytext=(6, 0),
-                    textcoords="offset points", va="center", fontsize=7, color=color)  # fmt: skip
+                    textcoords="offset points", va="center", fontsize=9, color=color)  # fmt: skip
     ax.set_xticks(x)
     crowded = len(conds) > 5 or sum(len(str(c)) for c in conds) > 48  # labels would touch
-    ax.set_xticklabels(conds, fontsize=8, rotation=30 if crowded else 0,
+    ax.set_xticklabels(conds, fontsize=9.5, rotation=30 if crowded else 0,
                        ha="right" if crowded else "center")  # fmt: skip
     ax.invert_yaxis()
     ax.set_ylabel("rank (1 = most relevant)")
-    ax.set_xlim(-0.3, len(conds) - 0.4 + 1.8)
+    ax.set_xlim(-0.3, len(conds) - 0.4 + 2.2)
+    ax.tick_params(axis="y", labelsize=9.5)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=11)
     _style(ax)
     fig.tight_layout()
     return fig
 
 
 def subgroup_maps_figure(
-    images: dict, background=None, z_mm=(-10.0, 10.0, 30.0, 50.0), mask=None
-) -> Figure:
+    images: dict, background=None, z_mm=(-10.0, 10.0, 30.0, 50.0), mask=None,
+    colorbar_label: str = "mean relevance (normalised)",
+) -> Figure:  # fmt: skip
     """Subgroup mean relevance maps side by side: rows = subgroups, columns = axial slices.
 
     Parameters
@@ -157,6 +159,8 @@ def subgroup_maps_figure(
         Brain mask on the same grid: maps are drawn inside it only.
     z_mm : sequence of float
         MNI z of the slices.
+    colorbar_label : str
+        What the colour bar measures, with its unit.
 
     Returns
     -------
@@ -197,6 +201,8 @@ def subgroup_maps_figure(
                 ax.set_title(f"z = {z:g} mm", fontsize=8)
     if im is not None:
         cax = fig.add_axes([0.92, 0.25, 0.015, 0.5])
-        fig.colorbar(im, cax=cax).ax.tick_params(labelsize=7)
+        bar = fig.colorbar(im, cax=cax)
+        bar.ax.tick_params(labelsize=7)
+        bar.set_label(colorbar_label, fontsize=8)
     fig.subplots_adjust(left=0.01, right=0.9, top=0.93, bottom=0.02, wspace=0.02, hspace=0.05)
     return fig

@@ -19,10 +19,10 @@ N_TOP_REGIONS = 15
 
 #: Colour-bar label of a population map, by the normalisation of its subject maps.
 UNITS = {
-    "zscore": "mean relevance (z, per-subject maps z-scored in the brain)",
-    "sum": "mean |relevance| (fraction of the subject's total per voxel)",
-    "abs": "mean |relevance| (z, per-subject |maps| z-scored in the brain)",
-    "none": "mean relevance (the method's own units)",
+    "zscore": "mean relevance (z)",
+    "sum": "mean share of |relevance|",
+    "abs": "mean |relevance| (z)",
+    "none": "mean relevance (method units)",
 }
 
 
@@ -32,7 +32,7 @@ def _map_figure(path: Path, res: str, title: str, top: bool) -> tuple[str, str]:
     norm = read_sidecar(path).get("Normalisation")
     label = UNITS.get(str(norm), "mean relevance (a.u.)")
     if top:
-        label = "smoothed top-10 % indicator"
+        label = "top-10 % (smoothed)"
     img = nib.load(str(path))
     data = np.asarray(img.dataobj, dtype=np.float64)
     nonzero = np.abs(data[data != 0])
@@ -49,7 +49,7 @@ def _map_figure(path: Path, res: str, title: str, top: bool) -> tuple[str, str]:
     fig = mf.stat_map_figure(
         nib.Nifti1Image(data.astype(np.float32), img.affine),
         bg_img=_background(res),
-        title=title,
+        title=None,  # the page's heading names the map; nilearn's title box hid the first slice
         threshold=threshold,
         symmetric=signed or not top,
         fade=fade,

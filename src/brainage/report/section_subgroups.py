@@ -41,7 +41,12 @@ def _subgroups_section(run: RunFolder) -> list[dict] | None:
         if images:
             first = next(iter(images.values()))
             res = float(abs(first.affine[0, 0]))
-            fig = subgroup_maps_figure(images, mask=load_template(res)["mask"])
+            from brainage.report.section_population import UNITS
+
+            label = UNITS.get(str(s.get("normalise")), "mean relevance (normalised)")
+            fig = subgroup_maps_figure(
+                images, mask=load_template(res)["mask"], colorbar_label=label
+            )
             figure = mf.figure_to_data_uri(fig)
         agreement = [
             {"factor": k, **p} for k, f in s["factors"].items() for p in f["rank_agreement"]
