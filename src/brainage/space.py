@@ -167,3 +167,54 @@ def template_array(name: str, resolution_mm: float = 2.0) -> np.ndarray:
         float32 (bool for ``"mask"``).
     """
     return _template_arrays(float(resolution_mm))[name]
+
+
+def mirror_x(data, resolution_mm: float, axis: int = -3):
+    """Mirror volumes on :func:`template_grid` about the mid-sagittal plane x = 0 mm.
+
+    The crop box spans x = −80 … −80 + r·(n − 1) mm, which is not symmetric about 0 (at 4 mm:
+    −80 … 76), so reversing the array (``np.flip``) mirrors about x = −2 mm and moves the brain
+    by one voxel. This function maps the value at x to −x: voxel ``i`` takes voxel
+    ``c − i`` with ``c = −2 · x₀ / r`` (at 1, 2, 4 mm ``c`` is an integer and the mirror is exact;
+    otherwise the two nearest voxels are interpolated linearly). Voxels whose mirror lies outside
+    the box become 0. In the symmetric template (MNI152NLin2009aSym) the brain mask is its own
+    mirror.
+
+    Parameters
+    ----------
+    data : numpy.ndarray or torch.Tensor, shape (..., i, j, k)
+        Volumes on ``template_grid(resolution_mm)`` (RAS voxel order: axis ``axis`` is x).
+    resolution_mm : float
+    axis : int
+        The x axis of ``data``.
+
+    Returns
+    -------
+    Same type, shape and dtype as ``data``.
+    """
+    grid = template_grid(resolution_mm)
+    affine = grid.affine
+    r, x0 = float(affine[0, 0]), float(affine[0, 3])
+    n = data.shape[axis]
+    if n != grid.shape[0]:
+        raise ConfigError(
+            f"mirror_x: axis {axis} has {n} voxels but the {resolution_mm:g} mm grid has "
+            f"{grid.shape[0]} along x"
+        )
+    src = -2.0 * x0 / r - np.arange(n)  # fractional source voxel of each target voxel
+    lo = np.floor(src + 1e-9).astype(int)
+    frac = src - lo
+    is_torch = type(data).__module__.startswith("torch")
+    if is_torch:
+        import torch
+
+        moved = torch.movedim(data, axis, 0)
+        out = torch.zeros_like(moved)
+    else:
+        moved = np.moveaxis(np.asarray(data), axis, 0)
+        out = np.zeros_like(moved)
+    for i in range(n):
+        for idx, w in ((lo[i], 1.0 - frac[i]), (lo[i] + 1, frac[i])):
+            if w > 1e-9 and 0 <= idx < n:
+                out[i] += w * moved[idx] if w < 1 - 1e-9 else moved[idx]
+    return torch.movedim(out, 0, axis) if is_torch else np.moveaxis(out, 0, axis)

@@ -17,13 +17,34 @@ TRANSLATION_MM = 4.0
 ELASTIC_MM = 7.5
 
 
+def _midline_flip(voxel_mm: float):
+    """Return a TorchIO transform that mirrors a sample about x = 0 mm (``mirror_x``).
+
+    TorchIO's ``RandomFlip`` reverses the array, which on the crop box (x = −80 … 76 mm at 4 mm)
+    mirrors about x = −2 mm and shifts the brain by a voxel: a model trained with it sees two
+    brain positions and never a true left–right mirror.
+    """
+    import torchio as tio
+
+    from brainage.space import mirror_x
+
+    class MidlineFlip(tio.Transform):
+        def apply_transform(self, subject):
+            for image in subject.get_images(intensity_only=False):
+                image.set_data(mirror_x(image.data, voxel_mm, axis=1))
+            return subject
+
+    return MidlineFlip()
+
+
 def build_augmentation(names: Sequence[str], p: float = 0.8, voxel_mm: float = 1.0):
     """Build the TorchIO transform that applies one of ``names`` to a sample.
 
     Parameters
     ----------
     names : sequence of {"flip", "affine", "elastic"}
-        ``flip``: random left–right flip (axis 0 = x in RAS template space); ``affine``: random
+        ``flip``: left–right mirror about the mid-sagittal plane x = 0 mm of the template
+        (:func:`brainage.space.mirror_x`; axis 0 = x in RAS template space); ``affine``: random
         rotation −10°…10° with ±5 % scaling and ±:data:`TRANSLATION_MM` translation;
         ``elastic``: random elastic deformation with 7 control points and at most
         :data:`ELASTIC_MM` displacement (paper 000's values). Empty: no augmentation.
@@ -49,7 +70,7 @@ def build_augmentation(names: Sequence[str], p: float = 0.8, voxel_mm: float = 1
     transforms = {}
     for name in names:
         if name == "flip":
-            transforms[tio.RandomFlip(axes=(0,), flip_probability=1.0)] = 1.0
+            transforms[_midline_flip(voxel_mm)] = 1.0
         elif name == "affine":
             shift = TRANSLATION_MM / voxel_mm
             transforms[tio.RandomAffine(degrees=10, scales=0.05, translation=shift)] = 1.0

@@ -114,7 +114,7 @@ class TrainStage(Stage):
     """See the module docstring."""
 
     name = "train"
-    version = "3"  # 3: augmentation distances in mm (were voxels)
+    version = "4"  # 3: augmentation distances in mm (were voxels); 4: flip mirrors about x = 0
     requires = ("splits", "preprocess", "volumes")
     parallel = True
 
