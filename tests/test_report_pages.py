@@ -161,3 +161,32 @@ def test_population_colour_bars_say_what_they_measure(tmp_path):
     fig = stat_map_figure(img, cut_coords=(0, 20), colorbar_label="mean relevance (z)")
     bars = [a for a in fig.axes if a.get_ylabel()]
     assert bars and bars[-1].get_ylabel() == "mean relevance (z)"
+
+
+def test_faithfulness_table_and_curves_name_the_most_faithful_method(tmp_path):
+    from test_report import XAI_ROWS
+
+    from brainage.io import write_tsv
+    from brainage.io.layout import RunLayout
+
+    rows = {m: dict(v) for m, v in XAI_ROWS.items()}
+    aopc = {"guided_backprop": (1.0, -0.2, 0.1), "lrp": (3.0, 0.5, 2.0)}  # (diff, lo, hi)
+    for m, (d, lo, hi) in aopc.items():
+        rows[m].update(aopc_morf=d + 0.4, aopc_morf_ci_low=d, aopc_morf_ci_high=d + 1,
+                       aopc_lerf=-1.0, aopc_random=0.4, aopc_morf_minus_random=d,
+                       aopc_morf_minus_random_ci_low=lo, aopc_morf_minus_random_ci_high=hi,
+                       faithfulness_n=12)  # fmt: skip
+    out = make_fake_run(tmp_path / "OUT", evaluation=False)
+    from test_report import add_fake_evaluation
+
+    add_fake_evaluation(out, xai_rows=rows)
+    fr = np.array([0, 0.1, 0.5])
+    for m in aopc:
+        curve = pd.DataFrame({"fraction": fr, "morf": -3 * fr, "lerf": fr, "random": -fr})
+        write_tsv(RunLayout(out).faithfulness(m), curve)
+    html = write_report(out, subject_pages=False).read_text()
+    part = html.split('id="faithfulness"')[1].split("<h3>")[0]
+    assert part.count("more faithful than random") == 1  # lrp: CI 0.5 to 2.0 excludes 0
+    assert part.count("not better than random") == 1  # guided backprop: CI −0.2 to 0.1
+    assert '<tr class="rec"><td class="l">lrp</td>' in part
+    assert part.count('<img class="fig"') == 1

@@ -329,6 +329,15 @@ class EvaluateConfig(Section):
         Relevance threshold (fraction of the maximum) of the ground-truth scores.
     top_fraction : float
         Top voxels compared by the seed agreement (Dice).
+    faithfulness : bool
+        Perturbation test of each method (:mod:`brainage.evaluate.faithfulness`): brain voxels
+        replaced by the mean training image most relevant first (MoRF), least relevant first
+        and in random order; AOPC with bootstrap CIs in ``evaluation/xai.tsv``.
+    faithfulness_subjects : int
+        Held-out subjects of the first base model used by the perturbation test.
+    imputation : {"mean", "noisy_mean"}
+        Replacement of removed voxels: the mean training image, or it plus Gaussian noise
+        (ROAD-like).
     """
 
     section_path: ClassVar[str] = "evaluate"
@@ -336,6 +345,9 @@ class EvaluateConfig(Section):
     n_subjects: Annotated[int, Field(ge=1)] = 4
     threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
     top_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
+    faithfulness: bool = True
+    faithfulness_subjects: Annotated[int, Field(ge=1)] = 16
+    imputation: Literal["mean", "noisy_mean"] = "mean"
 
 
 class RunConfig(Section):

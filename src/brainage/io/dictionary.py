@@ -57,6 +57,10 @@ _TOP10 = "Fraction of the top-10 regions (by the ranked value; fewer when fewer 
 #: General entries, by column name.
 COLUMNS: dict[str, dict] = {
     # ------------------------------------------------------------ subjects and predictions
+    "faithfulness_n": _e(
+        "Subjects of the perturbation (faithfulness) test: up to evaluate.faithfulness_subjects "
+        "held-out subjects of one base model, explained with that model's own maps."
+    ),
     "participant_id": _e(
         "Participant identifier as in the cohort (BIDS participant label sub-<label> for a BIDS "
         "dataset); n/a where a row concerns no single subject."
@@ -509,6 +513,30 @@ def _effect_auc(m: re.Match) -> dict:
     )
 
 
+_ORDER_TEXT = {
+    "morf": "most relevant voxels first (highest signed relevance)",
+    "lerf": "least relevant voxels first (lowest signed relevance)",
+    "random": "voxels in a random order (seeded), the control",
+    "morf_minus_random": "most relevant first minus random order, paired per subject",
+}
+
+
+def _aopc(m: re.Match) -> dict:
+    order, bound = m.group(1), m.group(2)
+    what = (
+        "Area over the perturbation curve (AOPC, Samek et al. 2017): the mean drop of the "
+        "predicted age over the steps of removing brain voxels "
+        f"({_ORDER_TEXT[order]}; 0, 1, 2, 5, 10, 20, 30, 50 % of the brain replaced by the mean "
+        "training image), mean over the faithfulness subjects; positive = the prediction falls. "
+        "A faithful map has aopc_morf well above aopc_random."
+    )
+    if bound:
+        what = f"{'Lower' if bound == 'low' else 'Upper'} bound of the 95 % bootstrap CI " + (
+            "across subjects of: " + what
+        )
+    return _e(what, "year")
+
+
 #: Families of columns: (regular expression fullmatched against the name, entry of the match).
 PATTERNS: list[tuple[str, Callable[[re.Match], dict]]] = [
     (r"brain_age_ensemble-([A-Za-z0-9]+)", _sub_ensemble),
@@ -516,6 +544,7 @@ PATTERNS: list[tuple[str, Callable[[re.Match], dict]]] = [
     (r"brain_age_((?:region-([A-Za-z0-9]+)_)?seed-(\d+))", _base_model),
     (r"brain_age_([A-Za-z0-9]+)()()", _base_model),
     (r"fold-(\d+)", _fold_role),
+    (r"aopc_(morf_minus_random|morf|lerf|random)(?:_ci_(low|high))?", _aopc),
     (r"roc_auc_(\w+)", _effect_auc),
 ]
 
@@ -545,6 +574,17 @@ TABLE_COLUMNS: dict[str, dict[str, dict]] = {
         ),
         "n": _e("Subjects with age and a finite prediction."),
         "r": _e("Pearson correlation of prediction and age (n/a below 3 subjects)."),
+    },
+    r"method-[A-Za-z0-9]+_curves\.tsv": {
+        "fraction": _e("Fraction of the brain's voxels removed (replaced) at this step."),
+        **{
+            o: _e(
+                f"Mean change of the predicted age when removing {_ORDER_TEXT[o]}, over the "
+                "faithfulness subjects (negative = the prediction falls).",
+                "year",
+            )
+            for o in ("morf", "lerf", "random")
+        },
     },
     r"training_log\.tsv": {
         "seconds": _e(

@@ -405,6 +405,10 @@ class RunLayout:
         """``OUT/evaluation/lesions.tsv``."""
         return self.root / "evaluation" / "lesions.tsv"
 
+    def faithfulness(self, method: str) -> Path:
+        """Mean perturbation curves of one method (``evaluation/faithfulness/…_curves.tsv``)."""
+        return self.root / "evaluation" / "faithfulness" / f"method-{label(method)}_curves.tsv"
+
     def randomisation(self, method: str) -> Path:
         """Cascading-randomisation steps of one method."""
         return self.root / "evaluation" / "randomisation" / f"method-{label(method)}.tsv"

@@ -401,3 +401,44 @@ def interval_figure(predictions: pd.DataFrame) -> Figure:
         _style(ax)
     fig.tight_layout()
     return fig
+
+
+def perturbation_curves_figure(curves: dict) -> Figure:
+    """Mean change of the predicted age while the brain is removed, per method and order.
+
+    Parameters
+    ----------
+    curves : dict of str to pandas.DataFrame
+        ``method → evaluation/faithfulness/method-<m>_curves.tsv`` (columns ``fraction``,
+        ``morf``, ``lerf``, ``random``; years).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per method: most relevant first (solid), least relevant first (dashed),
+        random order (grey); x = % of brain voxels replaced by the mean training image.
+    """
+    methods = list(curves)
+    n = max(1, len(methods))
+    ncol = min(n, 4)
+    nrow = int(np.ceil(n / ncol))
+    fig = Figure(figsize=(3.3 * ncol + 0.4, 2.9 * nrow))
+    styles = {"morf": ("#D55E00", "-", "most relevant first"),
+              "lerf": ("#0072B2", "--", "least relevant first"),
+              "random": ("#777777", ":", "random order")}  # fmt: skip
+    for i, method in enumerate(methods):
+        ax = fig.add_subplot(nrow, ncol, i + 1)
+        table = curves[method]
+        for order, (color, ls, label) in styles.items():
+            if order in table:
+                ax.plot(100 * table["fraction"], table[order], color=color, linestyle=ls,
+                        marker="o", markersize=3, linewidth=1.5, label=label)  # fmt: skip
+        ax.axhline(0, color="#999999", linewidth=0.8)
+        ax.set_title(method.replace("_", " "), fontsize=10)
+        ax.set_xlabel("brain voxels replaced (%)")
+        ax.set_ylabel("Δ predicted age (years)")
+        if i == 0:
+            ax.legend(frameon=False, fontsize=8)
+        _style(ax)
+    fig.tight_layout()
+    return fig

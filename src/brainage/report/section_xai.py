@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from brainage.io.layout import RunLayout
 from brainage.report import make_figures as mf
 from brainage.report.figures_common import _natural_key
 from brainage.report.formatting import _number, _parse_bool
@@ -64,9 +65,10 @@ def _xai_section(run: RunFolder, sanity: dict) -> dict | None:
     table = _xai_table(run, sanity) if run.xai is not None and len(run.xai) else None
     figure = _safe("explanation methods figure", run, _xai_figure, run, sanity)
     lesions = _lesion_section(run) if run.lesions is not None and len(run.lesions) else None
-    if table is None and figure is None and lesions is None:
+    faith = _safe("faithfulness", run, _faithfulness_section, run)
+    if table is None and figure is None and lesions is None and faith is None:
         return None
-    return {"table": table, "figure": figure, "lesions": lesions}
+    return {"table": table, "figure": figure, "lesions": lesions, "faithfulness": faith}
 
 
 def _xai_columns(frame: pd.DataFrame) -> list[tuple]:
@@ -196,6 +198,35 @@ def _xai_figure(run: RunFolder, sanity: dict) -> dict | None:
         "background": background is not None,
         "kbytes": len(uri) * 3 / 4 / 1024,
     }
+
+
+def _faithfulness_section(run: RunFolder) -> dict | None:
+    """AOPC per method (xai.tsv) with CIs, a verdict and the mean perturbation curves."""
+    from brainage.report.figures_plots import perturbation_curves_figure
+
+    if run.xai is None or "aopc_morf" not in run.xai.columns:
+        return None
+    rows = []
+    for rec in run.xai[run.xai["method"].notna()].to_dict("records"):
+        v = {k: _number(rec.get(k)) for k in (
+            "aopc_morf", "aopc_morf_ci_low", "aopc_morf_ci_high", "aopc_lerf", "aopc_random",
+            "aopc_morf_minus_random", "aopc_morf_minus_random_ci_low",
+            "aopc_morf_minus_random_ci_high", "faithfulness_n")}  # fmt: skip
+        if v["aopc_morf"] is None:
+            continue
+        lo = v["aopc_morf_minus_random_ci_low"]
+        rows.append({"method": str(rec["method"]), "v": v,
+                     "faithful": None if lo is None else lo > 0})  # fmt: skip
+    if not rows:
+        return None
+    curves = {}
+    for r in rows:
+        path = RunLayout(run.root).faithfulness(r["method"])
+        if path.is_file():
+            curves[r["method"]] = pd.read_csv(path, sep="\t")
+    figure = mf.figure_to_data_uri(perturbation_curves_figure(curves)) if curves else None
+    best = max(rows, key=lambda r: r["v"]["aopc_morf_minus_random"] or float("-inf"))
+    return {"rows": rows, "figure": figure, "best": best["method"]}
 
 
 # numeric summary fields of the lesion test shown in the report (names owned by brainage.stats)

@@ -81,11 +81,35 @@ def _read(paths) -> np.ndarray:
     return np.stack([np.asarray(nib.load(str(p)).dataobj, dtype=np.float32) for p in paths])
 
 
+def _faithfulness(ctx: RunContext, method: str, pids: list[str], brain: np.ndarray):
+    """Perturbation test of one method on the first base model's held-out subjects.
+
+    Up to ``evaluate.faithfulness_subjects`` subjects explained by the same models as the first
+    explained subject; that fold's first base model and its own relevance maps; removed voxels
+    replaced by the fold's mean training image (:mod:`brainage.evaluate.faithfulness`).
+    """
+    from brainage.evaluate.faithfulness import faithfulness_scores
+    from brainage.train.trainer import predict_volumes
+    from brainage.workflow.stages.predict import load_models
+    from brainage.workflow.stages.train import explaining_items, load_reference, parse_model_item
+
+    ev = ctx.config.evaluate
+    items = explaining_items(ctx, pids[0])
+    same = [p for p in pids if explaining_items(ctx, p) == items][: ev.faithfulness_subjects]
+    fold, name = parse_model_item(items[0])
+    model = load_models(ctx, items[:1])[0][1]
+    maps = _read([ctx.record("explain", f"{method}/{p}").output(ctx.layout, name) for p in same])
+    return faithfulness_scores(
+        lambda batch: predict_volumes(model, batch), ctx.stack(same), maps,
+        load_reference(ctx, fold), brain > 0, seed=ctx.config.seed, imputation=ev.imputation,
+    )  # fmt: skip
+
+
 class EvaluateStage(Stage):
     """See the module docstring."""
 
     name = "evaluate"
-    version = "1"
+    version = "2"  # 2: perturbation (faithfulness) test
     requires = ("explain", "truth", "reference")
 
     def items(self, ctx: RunContext) -> list[str]:
@@ -99,7 +123,8 @@ class EvaluateStage(Stage):
         ]
         deps += [("train", i) for i in sorted(ctx.stage_records("train"))]
         deps += [("truth", p) for p in pids if ("truth", p) in ctx.records]
-        if _uses_reference(ctx.config.explain.method_params(item)):
+        uses = _uses_reference(ctx.config.explain.method_params(item))
+        if uses or ctx.config.evaluate.faithfulness:
             deps += [("reference", i) for i in sorted(ctx.stage_records("reference"))]
         return deps
 
@@ -186,6 +211,16 @@ class EvaluateStage(Stage):
         if not has_truth:
             scores = [*METRICS, "population_mass_accuracy", "population_mask_fraction"]
             row[[*scores, "population_roc_auc"]] = np.nan
+        if ev.faithfulness and pids and method != UNOISE:
+            from brainage.evaluate.faithfulness import ORDERS
+
+            faith, curves = _faithfulness(ctx, method, pids, brain)
+            for k, v in faith.items():
+                row[k] = v
+            frame = pd.DataFrame(
+                {"fraction": curves["fractions"], **{o: curves[o] for o in ORDERS}}
+            )
+            outputs["faithfulness"] = write_tsv(layout.faithfulness(method), frame)
         outputs["xai"] = write_tsv(layout.xai_row(method), row)
         if "lesions" in masks:
             res = lesion_relevance_test(stack, masks["lesions"], brain)
