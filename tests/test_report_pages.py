@@ -190,3 +190,27 @@ def test_faithfulness_table_and_curves_name_the_most_faithful_method(tmp_path):
     assert part.count("not better than random") == 1  # guided backprop: CI −0.2 to 0.1
     assert '<tr class="rec"><td class="l">lrp</td>' in part
     assert part.count('<img class="fig"') == 1
+
+
+def test_pages_and_viewers_are_kept_until_their_inputs_change(paged_run):
+    """A rerun of the report rewrites only what changed (keyed by content), so a report stage
+    killed half-way resumes instead of starting over."""
+    import os
+
+    sub = XAI_SUBJECTS[1]
+    page = paged_run / f"{sub}.html"
+    viewer = next((paged_run / sub / "figures").glob("*_viewer.html"))
+    other = paged_run / f"{XAI_SUBJECTS[0]}.html"
+    for p in (page, viewer, other):
+        os.utime(p, ns=(1, 1))
+    write_report(paged_run)
+    assert page.stat().st_mtime_ns == viewer.stat().st_mtime_ns == other.stat().st_mtime_ns == 1
+    from brainage.io.layout import RunLayout
+
+    path = RunLayout(paged_run).relevance("guided_backprop", sub)
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 2.0, img.affine), str(path))
+    write_report(paged_run)
+    assert page.stat().st_mtime_ns != 1 and viewer.stat().st_mtime_ns != 1
+    assert other.stat().st_mtime_ns == 1  # another subject's page is kept
+    assert "brainage-key:" in page.read_text()[:200]

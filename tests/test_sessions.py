@@ -238,3 +238,9 @@ def test_a_longitudinal_dataset_gives_one_prediction_per_session(tmp_path):
         pytest.skip("bids-validator-deno is not installed")
     result = validate_bids(out)
     assert result.n_errors == 0, result.describe()
+
+
+def test_read_tsv_takes_any_dtype(tmp_path):
+    path = write_tsv(tmp_path / "failures.tsv", pd.DataFrame({"participant_id": ["007"], "n": [1]}))
+    assert read_tsv(path, dtype=str)["n"].tolist() == ["1"]
+    assert read_tsv(path)["participant_id"].tolist() == ["007"]  # ids stay text

@@ -57,6 +57,17 @@ _TOP10 = "Fraction of the top-10 regions (by the ranked value; fewer when fewer 
 #: General entries, by column name.
 COLUMNS: dict[str, dict] = {
     # ------------------------------------------------------------ subjects and predictions
+    "reliance_spearman": _e(
+        "Spearman correlation across atlas regions (first of population.atlases) between a "
+        "subject's per-region relevance (sum of the first base model's map) and the model's "
+        "measured reliance on each region (prediction change when only that region is "
+        "replaced by the mean training image), mean over the faithfulness subjects; 1 = the "
+        "map ranks regions as the model relies on them."
+    ),
+    "reliance_spearman_population": _e(
+        "The same Spearman correlation between the subject means of per-region relevance and "
+        "of reliance."
+    ),
     "faithfulness_n": _e(
         "Subjects of the perturbation (faithfulness) test: up to evaluate.faithfulness_subjects "
         "held-out subjects of one base model, explained with that model's own maps."
@@ -585,6 +596,21 @@ TABLE_COLUMNS: dict[str, dict[str, dict]] = {
             )
             for o in ("morf", "lerf", "random")
         },
+    },
+    r"method-[A-Za-z0-9]+_reliance\.tsv": {
+        "region": _e("Atlas region (the first of population.atlases), inside the brain mask."),
+        "atlas": _e("Atlas of the regions."),
+        "relevance": _e(
+            "Sum of the first base model's relevance map over the region, mean over the "
+            "faithfulness subjects (the method's units).",
+            _ARB,
+        ),
+        "reliance": _e(
+            "Reliance of the first base model on the region: its prediction minus its prediction "
+            "with only this region replaced by the mean training image, mean over the "
+            "faithfulness subjects (positive = the region raises the predicted age).",
+            "year",
+        ),
     },
     r"training_log\.tsv": {
         "seconds": _e(

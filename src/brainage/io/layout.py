@@ -409,6 +409,10 @@ class RunLayout:
         """Mean perturbation curves of one method (``evaluation/faithfulness/…_curves.tsv``)."""
         return self.root / "evaluation" / "faithfulness" / f"method-{label(method)}_curves.tsv"
 
+    def reliance(self, method: str) -> Path:
+        """Per-region relevance and reliance of one method (``…/faithfulness/…_reliance.tsv``)."""
+        return self.root / "evaluation" / "faithfulness" / f"method-{label(method)}_reliance.tsv"
+
     def randomisation(self, method: str) -> Path:
         """Cascading-randomisation steps of one method."""
         return self.root / "evaluation" / "randomisation" / f"method-{label(method)}.tsv"

@@ -92,7 +92,9 @@ def read_tsv(path: str | Path, **kwargs) -> pd.DataFrame:
 
     Keyword arguments go to :func:`pandas.read_csv`.
     """
-    dtype = {"participant_id": str, "session_id": str, **kwargs.pop("dtype", {})}
+    given = kwargs.pop("dtype", None)
+    dtype = given if given is not None and not isinstance(given, dict) else {
+        "participant_id": str, "session_id": str, **(given or {})}  # fmt: skip
     kwargs.setdefault("na_values", ["n/a"])
     frame = pd.read_csv(path, sep="\t", dtype=dtype, **kwargs)
     return join_scan_keys(frame)

@@ -28,6 +28,45 @@ from brainage.report.section_common import _background, _brain_mask
 
 log = logging.getLogger("brainage.report.html")
 
+#: Bump when a page or viewer changes: cached ones are rewritten.
+PAGE_VERSION = "1"
+_KEY = re.compile(r"<!-- brainage-key: ([0-9a-f]+) -->")
+
+
+def _content_key(*parts) -> str:
+    """Hash of what a page or viewer is computed from (file contents by hash, values as JSON)."""
+    import hashlib
+    import json
+
+    from brainage.utils import file_hash
+
+    items = [file_hash(p, length=32) if isinstance(p, Path) else p for p in parts]
+    blob = json.dumps([PAGE_VERSION, *items], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _is_current(path: Path, key: str) -> bool:
+    """Return True when ``path`` exists and was written from inputs with this key."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = fh.read(200)
+    except OSError:
+        return False
+    m = _KEY.search(head)
+    return bool(m and m.group(1) == key)
+
+
+def _write_keyed(path: Path, key: str, html: str) -> None:
+    """Write ``html`` atomically with its content key in a comment after the doctype."""
+    marker = f"<!-- brainage-key: {key} -->"
+    if html.lstrip().lower().startswith("<!doctype"):
+        head, _, rest = html.partition(">")
+        html = f"{head}>\n{marker}{rest}"
+    else:
+        html = f"{marker}\n{html}"
+    write_text(path, html)
+
+
 #: The only network reference nilearn's viewer page has (a favicon); removed so nothing loads.
 _FAVICON = re.compile(r"<link[^>]*rel=[\"'](?:shortcut )?icon[\"'][^>]*>", re.I)
 
@@ -156,6 +195,14 @@ def _write_pages(run: RunFolder, shared: dict, jobs: list[dict]) -> dict[str, st
     grids: dict = {}
     links: dict[str, str] = {}
     for job in jobs:
+        page_path = run.root / job["page"]
+        map_files = [run.subject_maps[m][r["pid"]] for r in job["rows"] for m in methods
+                     if r["pid"] in run.subject_maps[m]]  # fmt: skip
+        page_key = _content_key(job, shared, methods, res, *map_files)
+        if _is_current(page_path, page_key):
+            for row in job["rows"]:
+                links[row["pid"]] = f"{job['page']}#{scan_names(row['pid'])[2]}"
+            continue
         scans = []
         for row in job["rows"]:
             key = row["pid"]
@@ -168,11 +215,14 @@ def _write_pages(run: RunFolder, shared: dict, jobs: list[dict]) -> dict[str, st
                 if shared["viewer"]:
                     method = next(iter(maps))
                     path = viewer_path(run.root, key, method)
-                    write_text(path, viewer_html(maps[method], background, f"{key} · {method}"))
+                    vkey = _content_key(run.subject_maps[method][key], res, key, method)
+                    if not _is_current(path, vkey):
+                        html = viewer_html(maps[method], background, f"{key} · {method}")
+                        _write_keyed(path, vkey, html)
                     viewer_link = {"uri": path.relative_to(run.root).as_posix(), "method": method}
             scans.append({**row, "anchor": scan_names(key)[2], "figure": figure,
                           "methods": list(maps), "viewer": viewer_link})  # fmt: skip
-        write_text(run.root / job["page"], template.render(
+        _write_keyed(page_path, page_key, template.render(
             title=shared["title"], version=shared["version"], synthetic=shared["synthetic"],
             subject=scan_names(job["subject"])[0], scans=scans, threshold=shared["threshold"],
             mad=shared["mad"], previous=job["previous"], next=job["next"],
@@ -205,7 +255,9 @@ def write_population_viewers(run: RunFolder) -> dict[str, str]:
         if "mean" not in pop:
             continue
         path = population_viewer_path(run.root, method)
-        html = viewer_html(nib.load(str(pop["mean"])), background, f"{method} · population mean")
-        write_text(path, html)
+        key = _content_key(Path(pop["mean"]), POPULATION_VIEWER_BG_MM, method)
+        if not _is_current(path, key):
+            img = nib.load(str(pop["mean"]))
+            _write_keyed(path, key, viewer_html(img, background, f"{method} · population mean"))
         links[method] = path.relative_to(run.root).as_posix()
     return links

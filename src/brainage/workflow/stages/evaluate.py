@@ -82,11 +82,13 @@ def _read(paths) -> np.ndarray:
 
 
 def _faithfulness(ctx: RunContext, method: str, pids: list[str], brain: np.ndarray):
-    """Perturbation test of one method on the first base model's held-out subjects.
+    """Perturbation test and region reliance of one method on the first base model's subjects.
 
     Up to ``evaluate.faithfulness_subjects`` subjects explained by the same models as the first
     explained subject; that fold's first base model and its own relevance maps; removed voxels
-    replaced by the fold's mean training image (:mod:`brainage.evaluate.faithfulness`).
+    replaced by the fold's mean training image (:mod:`brainage.evaluate.faithfulness`); the
+    reliance on each region of the first atlas (:mod:`brainage.evaluate.reliance`) scored
+    against the method's per-region relevance.
     """
     from brainage.evaluate.faithfulness import faithfulness_scores
     from brainage.train.trainer import predict_volumes
@@ -99,17 +101,43 @@ def _faithfulness(ctx: RunContext, method: str, pids: list[str], brain: np.ndarr
     fold, name = parse_model_item(items[0])
     model = load_models(ctx, items[:1])[0][1]
     maps = _read([ctx.record("explain", f"{method}/{p}").output(ctx.layout, name) for p in same])
-    return faithfulness_scores(
-        lambda batch: predict_volumes(model, batch), ctx.stack(same), maps,
-        load_reference(ctx, fold), brain > 0, seed=ctx.config.seed, imputation=ev.imputation,
-    )  # fmt: skip
+    vols, reference = ctx.stack(same), load_reference(ctx, fold)
+
+    def predict(batch):
+        return predict_volumes(model, batch)
+
+    scores, curves = faithfulness_scores(
+        predict, vols, maps, reference, brain > 0, seed=ctx.config.seed, imputation=ev.imputation
+    )
+    regions = None
+    if ctx.config.population.atlases:
+        from brainage.atlas import load_atlas
+        from brainage.evaluate.reliance import region_relevance, region_reliance, reliance_spearman
+        from brainage.space import template_grid
+
+        atlas = load_atlas(
+            ctx.config.population.atlases[0], template_grid(ctx.layout.resolution_mm)
+        )
+        labels = np.where(brain > 0, atlas.labels, 0)
+        reliance = region_reliance(predict, vols, labels, reference)
+        by_region = region_relevance(maps, labels)
+        per, pop = reliance_spearman(by_region, reliance)
+        scores.update(reliance_spearman=per, reliance_spearman_population=pop)
+        ids = [int(r) for r in np.unique(labels) if r != 0]
+        regions = pd.DataFrame({
+            "region": [atlas.names.get(r, str(r)) for r in ids],
+            "atlas": atlas.name,
+            "relevance": by_region.mean(axis=0),
+            "reliance": reliance.mean(axis=0),
+        })  # fmt: skip
+    return scores, curves, regions
 
 
 class EvaluateStage(Stage):
     """See the module docstring."""
 
     name = "evaluate"
-    version = "2"  # 2: perturbation (faithfulness) test
+    version = "2"  # 2: perturbation (faithfulness) test and region reliance
     requires = ("explain", "truth", "reference")
 
     def items(self, ctx: RunContext) -> list[str]:
@@ -133,6 +161,7 @@ class EvaluateStage(Stage):
             "evaluate": ctx.config.evaluate.to_dict(),
             "method_params": ctx.config.explain.method_params(item),
             "seed": ctx.config.seed,
+            "reliance_atlas": ctx.config.population.atlases[:1],  # region reliance (faithfulness)
         }
 
     def seed(self, ctx: RunContext, item: str) -> int:
@@ -214,13 +243,15 @@ class EvaluateStage(Stage):
         if ev.faithfulness and pids and method != UNOISE:
             from brainage.evaluate.faithfulness import ORDERS
 
-            faith, curves = _faithfulness(ctx, method, pids, brain)
+            faith, curves, regions = _faithfulness(ctx, method, pids, brain)
             for k, v in faith.items():
                 row[k] = v
             frame = pd.DataFrame(
                 {"fraction": curves["fractions"], **{o: curves[o] for o in ORDERS}}
             )
             outputs["faithfulness"] = write_tsv(layout.faithfulness(method), frame)
+            if regions is not None:
+                outputs["reliance"] = write_tsv(layout.reliance(method), regions)
         outputs["xai"] = write_tsv(layout.xai_row(method), row)
         if "lesions" in masks:
             res = lesion_relevance_test(stack, masks["lesions"], brain)
