@@ -211,7 +211,7 @@ def _faithfulness_section(run: RunFolder) -> dict | None:
         v = {k: _number(rec.get(k)) for k in (
             "aopc_morf", "aopc_morf_ci_low", "aopc_morf_ci_high", "aopc_lerf", "aopc_random",
             "aopc_morf_minus_random", "aopc_morf_minus_random_ci_low",
-            "aopc_morf_minus_random_ci_high", "faithfulness_n")}  # fmt: skip
+            "aopc_morf_minus_random_ci_high", "faithfulness_n", "reliance_spearman")}  # fmt: skip
         if v["aopc_morf"] is None:
             continue
         lo = v["aopc_morf_minus_random_ci_low"]

@@ -29,7 +29,7 @@ from brainage.report.section_common import _background, _brain_mask
 log = logging.getLogger("brainage.report.html")
 
 #: Bump when a page or viewer changes: cached ones are rewritten.
-PAGE_VERSION = "1"
+PAGE_VERSION = "2"
 _KEY = re.compile(r"<!-- brainage-key: ([0-9a-f]+) -->")
 
 
@@ -217,7 +217,7 @@ def _write_pages(run: RunFolder, shared: dict, jobs: list[dict]) -> dict[str, st
                     path = viewer_path(run.root, key, method)
                     vkey = _content_key(run.subject_maps[method][key], res, key, method)
                     if not _is_current(path, vkey):
-                        html = viewer_html(maps[method], background, f"{key} · {method}")
+                        html = viewer_html(maps[method], background, method)
                         _write_keyed(path, vkey, html)
                     viewer_link = {"uri": path.relative_to(run.root).as_posix(), "method": method}
             scans.append({**row, "anchor": scan_names(key)[2], "figure": figure,
@@ -258,6 +258,6 @@ def write_population_viewers(run: RunFolder) -> dict[str, str]:
         key = _content_key(Path(pop["mean"]), POPULATION_VIEWER_BG_MM, method)
         if not _is_current(path, key):
             img = nib.load(str(pop["mean"]))
-            _write_keyed(path, key, viewer_html(img, background, f"{method} · population mean"))
+            _write_keyed(path, key, viewer_html(img, background, method))
         links[method] = path.relative_to(run.root).as_posix()
     return links
