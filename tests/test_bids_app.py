@@ -25,7 +25,7 @@ FAST = {
               "model_params": {"filters": [8, 8, 16, 16, 8], "dense": 16}},
     "bias_correction": {"n_bootstrap": 50},
     "explain": {"methods": ["lrp"]},
-    "evaluate": {"n_subjects": 2, "randomisation": False},
+    "evaluate": {"n_subjects": 2, "randomisation": False, "faithfulness_subjects": 3},
     "stats": {"n_perm": 19},
     "population": {"atlases": ["aal"], "subgroups": []},
     "run": {"n_jobs": 1, "backend": "serial"},

@@ -41,7 +41,9 @@ TINY = {
             "levels": 2,
         },
     },
-    "evaluate": {"n_subjects": 2},
+    # 3 subjects keep the perturbation and region-reliance tests short (each evaluate item must
+    # finish inside the kill test's windows)
+    "evaluate": {"n_subjects": 2, "faithfulness_subjects": 3},
     "stats": {"n_perm": 19},
     "population": {"atlases": ["aal"]},
     "run": {"n_jobs": 1, "backend": "serial"},
