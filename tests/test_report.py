@@ -37,6 +37,13 @@ XAI_ROWS = {
         randomisation_spearman=0.83,
         passes_randomisation=False,
         seed_dice=0.31,
+        aopc_morf=0.4,
+        aopc_random=0.5,
+        aopc_lerf=-0.2,
+        aopc_morf_minus_random=-0.1,
+        aopc_morf_minus_random_ci_low=-0.6,
+        aopc_morf_minus_random_ci_high=0.4,
+        faithfulness_n=12,
     ),
     "lrp": dict(
         n_subjects=2,
@@ -47,6 +54,13 @@ XAI_ROWS = {
         randomisation_spearman=0.12,
         passes_randomisation=True,
         seed_dice=0.55,
+        aopc_morf=3.1,
+        aopc_random=0.5,
+        aopc_lerf=-2.0,
+        aopc_morf_minus_random=2.6,
+        aopc_morf_minus_random_ci_low=1.2,
+        aopc_morf_minus_random_ci_high=3.9,
+        faithfulness_n=12,
     ),
 }
 #: Fake evaluation/lesions.tsv: lrp relies on lesions (d > 0, p < 0.05), guided_backprop not.
