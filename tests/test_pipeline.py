@@ -43,7 +43,12 @@ TINY = {
     },
     # 3 subjects keep the perturbation and region-reliance tests short (each evaluate item must
     # finish inside the kill test's windows)
-    "evaluate": {"n_subjects": 2, "faithfulness_subjects": 3},
+    "evaluate": {
+        "n_subjects": 2,
+        "faithfulness_subjects": 3,
+        "sensitivity_subjects": 2,
+        "sensitivity_samples": 2,
+    },
     "stats": {"n_perm": 19},
     "population": {"atlases": ["aal"]},
     "run": {"n_jobs": 1, "backend": "serial"},
@@ -446,6 +451,15 @@ def test_explain_run_adds_a_method_and_rejects_typos(tiny_run):
     xai = pd.read_csv(out / "evaluation" / "xai.tsv", sep="\t")
     assert list(xai["method"]) == ["gradcam"]
     assert np.isfinite(xai["roc_auc"]).all() and (xai["mask_fraction"] > 0).all()
+    # robustness and region-level truth (issue 11): captum max-sensitivity, region scores
+    assert (xai["max_sensitivity"] > 0).all() and np.isfinite(xai["max_sensitivity"]).all()
+    assert xai["region_roc_auc"].between(0, 1).all()
+    assert xai["region_effect_spearman"].between(-1, 1).all()
+    truth = pd.read_csv(out / "evaluation" / "regions" / "method-gradcam_truth.tsv", sep="\t")
+    assert set(truth["has_effect"]) <= {"yes", "no", "partial"} and (truth["n_voxels"] > 0).all()
+    agreement = pd.read_csv(out / "evaluation" / "method_agreement.tsv", sep="\t")
+    pairs = set(zip(agreement["method_a"], agreement["method_b"], strict=True))
+    assert ("guided_backprop", "lrp") in pairs and agreement["spearman"].between(-1, 1).all()
     with pytest.raises(ConfigError, match="did you mean 'gradcam'"):
         explain_run(out, ["gradcm"], progress=False, report=False)
 

@@ -261,6 +261,14 @@ def simulate(
     resolution: Annotated[float, typer.Option("--resolution", help="Voxel size, mm.")] = 4.0,
     seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
     flair: Annotated[bool, typer.Option("--flair", help="Also write FLAIR images.")] = False,
+    design: Annotated[
+        str,
+        typer.Option(
+            "--design",
+            help="global (ventricles, cortical thinning, lesions) | regions (region-level "
+            "truth: atrophy with known rates in chosen Harvard-Oxford regions).",
+        ),
+    ] = "global",
     n_jobs: Annotated[int, typer.Option("--n-jobs", min=1)] = 1,
     quiet: QuietOpt = False,
 ) -> None:
@@ -276,6 +284,7 @@ def simulate(
         contrasts=contrasts,
         n_jobs=n_jobs,
         progress=not quiet,
+        design=design,
     )
 
 

@@ -338,6 +338,16 @@ class EvaluateConfig(Section):
     imputation : {"mean", "noisy_mean"}
         Replacement of removed voxels: the mean training image, or it plus Gaussian noise
         (ROAD-like).
+    sensitivity : bool
+        Max-sensitivity of each method (:mod:`brainage.evaluate.robustness`, captum's
+        ``sensitivity_max``): the largest relative change of a map under uniform input noise in
+        the brain, ``max_sensitivity`` in ``evaluation/xai.tsv``.
+    sensitivity_subjects : int
+        Held-out subjects of the first base model used by it.
+    sensitivity_samples : int
+        Noisy copies per subject.
+    sensitivity_radius : float
+        Half-width of the noise, in model input units (inputs are scaled to about [0, 1]).
     """
 
     section_path: ClassVar[str] = "evaluate"
@@ -348,6 +358,10 @@ class EvaluateConfig(Section):
     faithfulness: bool = True
     faithfulness_subjects: Annotated[int, Field(ge=1)] = 16
     imputation: Literal["mean", "noisy_mean"] = "mean"
+    sensitivity: bool = True
+    sensitivity_subjects: Annotated[int, Field(ge=1)] = 4
+    sensitivity_samples: Annotated[int, Field(ge=1)] = 5
+    sensitivity_radius: Annotated[float, Field(gt=0, le=1)] = 0.02
 
 
 class RunConfig(Section):

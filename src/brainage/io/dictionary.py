@@ -58,7 +58,8 @@ _TOP10 = "Fraction of the top-10 regions (by the ranked value; fewer when fewer 
 COLUMNS: dict[str, dict] = {
     # ------------------------------------------------------------ subjects and predictions
     "reliance_spearman": _e(
-        "Spearman correlation across atlas regions (first of population.atlases) between a "
+        "Spearman correlation across atlas regions (the region-truth design's atlas on a "
+        "simulated region-truth cohort, else the first of population.atlases) between a "
         "subject's per-region relevance (sum of the first base model's map) and the model's "
         "measured reliance on each region (prediction change when only that region is "
         "replaced by the mean training image), mean over the faithfulness subjects; 1 = the "
@@ -67,6 +68,35 @@ COLUMNS: dict[str, dict] = {
     "reliance_spearman_population": _e(
         "The same Spearman correlation between the subject means of per-region relevance and "
         "of reliance."
+    ),
+    "region_roc_auc": _e(
+        "Region-level ROC AUC (simulated cohorts): the mean normalised relevance of each atlas "
+        "region (region-truth design's atlas, else the first of population.atlases) as a score "
+        "for the regions where age changes at least 5 % of the tissue against those where it "
+        "changes less than 1 % (regions in between left out), per subject against its own "
+        "change map, mean over the explained subjects; 0.5 = chance."
+    ),
+    "region_effect_spearman": _e(
+        "Spearman correlation across atlas regions between a subject's mean normalised "
+        "relevance per region and the region's true effect (mean fraction of tissue that age "
+        "changes there, from the simulated change map), mean over the explained subjects."
+    ),
+    "population_region_roc_auc": _e(
+        "region_roc_auc of the mean normalised map of the explained subjects against their "
+        "mean true effect per region."
+    ),
+    "population_region_effect_spearman": _e(
+        "region_effect_spearman of the mean normalised map against the mean true effect."
+    ),
+    "region_n_effect": _e("Atlas regions with an effect (mean true effect >= 5 % of tissue)."),
+    "region_n_none": _e("Atlas regions without an effect (mean true effect < 1 % of tissue)."),
+    "max_sensitivity": _e(
+        "Max-sensitivity (Yeh et al. 2019; captum sensitivity_max): the largest relative change "
+        "||map(x + noise) - map(x)|| / ||map(x)|| (Frobenius norms) over "
+        "evaluate.sensitivity_samples copies with uniform noise of half-width "
+        "evaluate.sensitivity_radius in the brain, the first base model's maps, mean over up to "
+        "evaluate.sensitivity_subjects held-out subjects; 0 = the map does not move, about 1.4 "
+        "= it changes as much as two unrelated maps."
     ),
     "faithfulness_n": _e(
         "Subjects of the perturbation (faithfulness) test: up to evaluate.faithfulness_subjects "
@@ -598,7 +628,7 @@ TABLE_COLUMNS: dict[str, dict[str, dict]] = {
         },
     },
     r"method-[A-Za-z0-9]+_reliance\.tsv": {
-        "region": _e("Atlas region (the first of population.atlases), inside the brain mask."),
+        "region": _e("Atlas region (region-truth design's atlas, else population.atlases[0])."),
         "atlas": _e("Atlas of the regions."),
         "relevance": _e(
             "Sum of the first base model's relevance map over the region, mean over the "
@@ -611,6 +641,39 @@ TABLE_COLUMNS: dict[str, dict[str, dict]] = {
             "faithfulness subjects (positive = the region raises the predicted age).",
             "year",
         ),
+    },
+    r"method-[A-Za-z0-9]+_truth\.tsv": {
+        "label": _e("Label value of the region in the atlas."),
+        "region": _e("Atlas region (region-truth design's atlas, else population.atlases[0])."),
+        "n_voxels": _e("Brain voxels of the region on the model grid."),
+        "true_effect": _e(
+            "True effect of the region: mean over its voxels and the explained subjects of the "
+            "fraction of tissue that age changes over the cohort's age range (simulated)."
+        ),
+        "has_effect": _e(
+            "Class of the region in region_roc_auc.",
+            levels={
+                "yes": "true effect >= 5 % of tissue",
+                "no": "true effect < 1 % of tissue",
+                "partial": "in between; left out of the ROC AUC",
+            },
+        ),
+        "relevance": _e(
+            "Mean over the explained subjects of the region's mean normalised relevance "
+            "(|r| / sum of |r| in the brain), in parts per million of the map per voxel."
+        ),
+        "relevance_rank": _e("Rank of the region by relevance, 1 = highest."),
+        "atlas": _e("Atlas of the regions."),
+    },
+    r"method_agreement\.tsv": {
+        "method_a": _e("First explanation method of the pair."),
+        "method_b": _e("Second explanation method of the pair."),
+        "spearman": _e(
+            "Spearman correlation of the two methods' population region tables (mean_relevance "
+            "of regions/method-<m>_atlas-<a>_regions.tsv) over the regions both have."
+        ),
+        "n_regions": _e("Regions compared."),
+        "atlas": _e("Atlas of the region tables."),
     },
     r"training_log\.tsv": {
         "seconds": _e(

@@ -413,14 +413,23 @@ class RunLayout:
         """Per-region relevance and reliance of one method (``…/faithfulness/…_reliance.tsv``)."""
         return self.root / "evaluation" / "faithfulness" / f"method-{label(method)}_reliance.tsv"
 
+    def region_truth(self, method: str) -> Path:
+        """Per-region relevance against the true per-region effect (simulated cohorts)."""
+        return self.root / "evaluation" / "regions" / f"method-{label(method)}_truth.tsv"
+
+    def method_agreement(self) -> Path:
+        """Rank correlation of the methods' region tables (``evaluation/method_agreement.tsv``)."""
+        return self.root / "evaluation" / "method_agreement.tsv"
+
     def randomisation(self, method: str) -> Path:
         """Cascading-randomisation steps of one method."""
         return self.root / "evaluation" / "randomisation" / f"method-{label(method)}.tsv"
 
     def truth(self, participant_id: str, effect: str = "ageeffect") -> Path:
-        """Ground-truth mask of a simulated subject on the model grid."""
+        """Ground-truth mask (``"change"``: the change map) of a simulated subject, model grid."""
         pre = scan_names(participant_id)[2]
-        return self.root / "evaluation" / "truth" / f"{pre}_desc-{label(effect)}_mask.nii.gz"
+        suffix = "map" if effect == "change" else "mask"
+        return self.root / "evaluation" / "truth" / f"{pre}_desc-{label(effect)}_{suffix}.nii.gz"
 
     # ------------------------------------------------------------------ engine
     def record(self, stage: str, item: str) -> Path:

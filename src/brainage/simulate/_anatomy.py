@@ -8,6 +8,7 @@ through its own random deformation.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,3 +188,49 @@ def template_anatomy(resolution_mm: float) -> TemplateAnatomy:
 def _install(anatomy: TemplateAnatomy) -> None:
     """Put a precomputed anatomy into this process's cache (worker initialiser)."""
     _CACHE[anatomy.resolution_mm] = anatomy
+
+
+@functools.lru_cache(maxsize=2)
+def _region_labels(resolution_mm: float):
+    from brainage.atlas import load_atlas
+    from brainage.simulate.effects import REGION_ATLAS
+
+    atlas = load_atlas(REGION_ATLAS, template_grid(resolution_mm))
+    return atlas.labels, atlas.names
+
+
+def region_names() -> set:
+    """Region names of the region-truth design's atlas (:data:`effects.REGION_ATLAS`)."""
+    return set(_region_labels(ANALYSIS_RESOLUTION_MM)[1].values())
+
+
+def atrophy_rate_map(resolution_mm: float, rates: dict) -> np.ndarray:
+    """Regional-atrophy rate of every voxel of ``template_grid(resolution_mm)``.
+
+    Parameters
+    ----------
+    resolution_mm : float
+        Grid resolution (mm), usually the analysis grid's.
+    rates : dict of str to float
+        Region name of :data:`brainage.simulate.effects.REGION_ATLAS` → rate (validated).
+
+    Returns
+    -------
+    ndarray, float32, shape ``template_grid(resolution_mm).shape``
+        The rate of each voxel's region, 0 in unlisted regions and outside the atlas.
+    """
+    key = (float(resolution_mm), tuple(sorted(rates.items())))
+    if key not in _RATE_MAPS:
+        labels, names = _region_labels(float(resolution_mm))
+        table = np.zeros(int(labels.max()) + 1, dtype=np.float32)
+        for label, name in names.items():
+            if name in rates and 0 < label < table.size:
+                table[label] = rates[name]
+        out = table[labels]
+        out.setflags(write=False)
+        _RATE_MAPS.clear()
+        _RATE_MAPS[key] = out
+    return _RATE_MAPS[key]
+
+
+_RATE_MAPS: dict = {}

@@ -12,7 +12,17 @@ dataset ``derivatives/truth`` with the masks of where age acts and a table of ef
         dataset_description.json
         truth.tsv, truth.json               effect sizes per subject
         sub-0001/anat/sub-0001_space-MNI152NLin2009aSym_res-4_desc-<mask>_mask.nii.gz
-                                            mask in brain, ventricles, cortex, lesions, ageeffect
+                                            mask in brain, ventricles, cortex, lesions, regions,
+                                            ageeffect
+        sub-0001/anat/sub-0001_space-MNI152NLin2009aSym_res-4_desc-change_map.nii.gz
+                                            fraction of each voxel's tissue that age changes
+        regions.tsv, regions.json           region-truth design only: the atlas regions and
+                                            their atrophy rates
+
+Two designs: ``"global"`` (ventricle enlargement, cortical thinning everywhere, lesions) and
+``"regions"`` (region-level truth, issue 11: grey-matter atrophy with a known rate in chosen
+Harvard-Oxford regions, :data:`brainage.simulate.effects.REGIONAL_ATROPHY`, the rest
+age-invariant; ventricles and lesions as before, no global thinning).
 
 Subject ``i`` (1-based) depends only on ``(seed, i)`` and the phantom parameters: its age, sex and
 phantom seed come from the random stream ``SeedSequence([seed, i])``. A cohort of 10 subjects is
@@ -31,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from brainage import __version__
-from brainage.errors import ConfigError, InputError
+from brainage.errors import ConfigError, InputError, did_you_mean
 from brainage.io import save_nifti, write_json, write_tsv
 from brainage.simulate._anatomy import _install, template_anatomy
 from brainage.simulate._checks import _check_number, _check_range
@@ -45,7 +55,9 @@ from brainage.utils import stable_hash
 GENERATOR = "brainage simulate"
 #: Hidden marker (ignored by BIDS tools) recording the parameter hash and completion.
 MARKER = ".brainage_simulate.json"
-TRUTH_MASKS = ("ventricles", "cortex", "lesions", "ageeffect", "brain")
+TRUTH_MASKS = ("ventricles", "cortex", "lesions", "regions", "ageeffect", "brain")
+#: Phantom designs of :func:`simulate_cohort`.
+DESIGNS = ("global", "regions")
 
 
 def res_label(resolution_mm: float) -> str:
@@ -112,6 +124,12 @@ def _subject(index, seed, age_range, resolution_mm, contrasts, lesions, params, 
             dtype=np.uint8,
             metadata=meta,
         )
+    save_nifti(
+        phantom.change,
+        phantom.affine,
+        truth_anat / f"{pid}_space-{TEMPLATE_SPACE}_res-{res}_desc-change_map.nii.gz",
+        metadata=meta,
+    )
     row = {"participant_id": pid, "sex": draw["sex"]}
     row.update(phantom.effects())
     return row
@@ -189,6 +207,7 @@ def simulate_cohort(
     lesions: bool = True,
     n_jobs: int = 1,
     progress: bool = True,
+    design: str = "global",
     **phantom_params,
 ) -> Path:
     """Write a synthetic BIDS cohort of brain phantoms with ground-truth masks (METHODS §11).
@@ -219,6 +238,11 @@ def simulate_cohort(
         0.05–0.1 s a subject against ~2 s to start a worker).
     progress : bool
         Show a progress bar (rich).
+    design : {"global", "regions"}
+        ``"regions"``: the region-truth design — ``regional_atrophy`` defaults to
+        :data:`brainage.simulate.effects.REGIONAL_ATROPHY` over the Harvard-Oxford regions and
+        ``cortical_thinning_mm`` to 0 (both can still be given); ``derivatives/truth/regions.tsv``
+        lists every region of the atlas with its rate.
     **phantom_params
         Further keyword arguments of :func:`make_phantom` (``noise``, ``bias_field``,
         ``deformation_mm``, ``ventricle_growth_mm``, ``cortical_thinning_mm``, ``lesion_rate``, …).
@@ -261,8 +285,17 @@ def simulate_cohort(
     clash = sorted(reserved.intersection(phantom_params))
     if clash:
         raise ConfigError(f"'{clash[0]}' is set by simulate_cohort itself; do not pass it twice")
+    if design not in DESIGNS:
+        raise ConfigError(f"unknown phantom design {design!r}; {did_you_mean(design, DESIGNS)}")
+    if design == "regions":
+        from brainage.simulate._anatomy import region_names
+        from brainage.simulate.effects import design_rates
+
+        phantom_params.setdefault("regional_atrophy", design_rates(region_names()))
+        phantom_params.setdefault("cortical_thinning_mm", 0.0)
     phantom = validate_phantom_params(**phantom_params)
     parameters = {
+        "design": design,
         "n_subjects": n_subjects,
         "resolution_mm": resolution_mm,
         "age_range": list(age_range),
@@ -345,6 +378,9 @@ def _write_tables(root: Path, truth: pd.DataFrame, parameters: dict, digest: str
     truth_root = root / "derivatives" / "truth"
     write_tsv(truth_root / "truth.tsv", truth, dictionary=False)
     write_json(truth_root / "truth.json", _TRUTH_COLUMNS)
+    rates = parameters["phantom"].get("regional_atrophy")
+    if rates:
+        _write_region_table(truth_root, rates, parameters["resolution_mm"])
     write_json(
         truth_root / "dataset_description.json",
         {
@@ -353,6 +389,43 @@ def _write_tables(root: Path, truth: pd.DataFrame, parameters: dict, digest: str
             "DatasetType": "derivative",
             "GeneratedBy": [generated_by],
             "SourceDatasets": [{"URL": "../.."}],
+        },
+    )
+
+
+def _write_region_table(truth_root: Path, rates: dict, resolution_mm: float) -> None:
+    """``regions.tsv``: every region of the design atlas, its atrophy rate and group."""
+    from brainage.atlas import load_atlas
+    from brainage.simulate.effects import REGION_ATLAS, REGIONAL_ATROPHY
+
+    atlas = load_atlas(REGION_ATLAS, template_grid(resolution_mm))
+    groups = {}
+    for group, (_rate, patterns) in REGIONAL_ATROPHY.items():
+        for name in rates:
+            if any(p in name for p in patterns):
+                groups.setdefault(name, group)
+    rows = [
+        {
+            "atlas": REGION_ATLAS,
+            "label": label,
+            "region": name,
+            "atrophy_rate": float(rates.get(name, 0.0)),
+            "group": groups.get(name, "age-invariant" if name not in rates else "custom"),
+        }
+        for label, name in sorted(atlas.names.items())
+    ]
+    write_tsv(truth_root / "regions.tsv", pd.DataFrame(rows), dictionary=False)
+    write_json(
+        truth_root / "regions.json",
+        {
+            "atlas": {"Description": "atlas of the region-truth design (brainage registry name)"},
+            "label": {"Description": "label value of the region in that atlas"},
+            "region": {"Description": "region name"},
+            "atrophy_rate": {
+                "Description": "fraction of the region's grey matter turned into CSF by age 85, "
+                "linear from age 20, before each subject's own rate factor (0: age-invariant)"
+            },
+            "group": {"Description": "group of REGIONAL_ATROPHY the region belongs to"},
         },
     )
 
@@ -374,11 +447,17 @@ _TRUTH_COLUMNS = {
     "lesion_volume_ml": {"Description": "sum of lesion partial volumes", "Units": "mL"},
     "ventricles_voxels": {"Description": "voxels in the ventricles mask (enlargement zone)"},
     "cortex_voxels": {"Description": "voxels in the cortex mask (thinning band)"},
+    "regions_voxels": {"Description": "voxels in the regions mask (regional atrophy)"},
     "ageeffect_voxels": {"Description": "voxels in the ageeffect mask (union)"},
     "masks": {
         "Description": "derivatives/truth/sub-*/anat/*_desc-<mask>_mask.nii.gz, on the "
         "template grid (same affine as the images); a voxel is in a mask when >= 5 % of its "
         "tissue changes",
         "Levels": {name: name for name in MASK_NAMES},
+    },
+    "change": {
+        "Description": "derivatives/truth/sub-*/anat/*_desc-change_map.nii.gz: fraction of each "
+        "voxel's tissue that age changes over the cohort's age range (all effects; lesions: the "
+        "subject's lesion fraction); its mean over an atlas region is the region's true effect"
     },
 }

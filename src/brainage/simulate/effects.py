@@ -22,7 +22,62 @@ MIN_CHANGE = 0.05
 #: Cortical thinning acts only this deep (mm) below the surface of the template brain mask: the
 #: cortex, not the grey matter around the third ventricle and the basal cisterns.
 CORTEX_MAX_HULL_DEPTH_MM = 30.0
-MASK_NAMES = ("brain", "ventricles", "cortex", "lesions", "ageeffect")
+MASK_NAMES = ("brain", "ventricles", "cortex", "lesions", "regions", "ageeffect")
+
+#: Atlas whose regions the region-truth design (:data:`REGIONAL_ATROPHY`) acts in.
+REGION_ATLAS = "harvard_oxford"
+
+#: The region-truth phantom design (issue 11, METHODS §11): fraction of a region's grey matter
+#: turned into CSF by age 85 (linear from 20), by groups of Harvard-Oxford regions (a region
+#: belongs to a group when its name contains one of the group's patterns, both hemispheres).
+#: Medial-temporal and frontal atrophy are steeper than parietal and occipital; every region not
+#: listed (sensorimotor and lateral temporal cortex, posterior cingulate, opercula, basal
+#: ganglia, brain stem, …) is age-invariant. The ventricles still enlarge and lesions still appear
+#: after 40; cortical thinning is off, so the regions carry the cortical age effect.
+REGIONAL_ATROPHY = {
+    "medial temporal": (
+        0.45,
+        ("Hippocampus", "Amygdala", "Parahippocampal_Gyrus", "Temporal_Pole",
+         "Temporal_Fusiform_Cortex_anterior"),
+    ),
+    "frontal": (
+        0.35,
+        ("Frontal_Pole", "Superior_Frontal_Gyrus", "Middle_Frontal_Gyrus",
+         "Inferior_Frontal_Gyrus", "Frontal_Orbital_Cortex", "Frontal_Medial_Cortex"),
+    ),
+    "insula and anterior cingulate": (0.25, ("Insular_Cortex", "Cingulate_Gyrus_anterior")),
+    "thalamus": (0.2, ("Thalamus",)),
+    "parietal": (
+        0.2,
+        ("Superior_Parietal_Lobule", "Supramarginal_Gyrus", "Angular_Gyrus", "Precuneous_Cortex"),
+    ),
+    "occipital": (
+        0.12, ("Occipital_Pole", "Lateral_Occipital_Cortex", "Cuneal_Cortex", "Lingual_Gyrus")
+    ),
+}  # fmt: skip
+
+
+def design_rates(names) -> dict:
+    """Expand :data:`REGIONAL_ATROPHY` over atlas region names.
+
+    Parameters
+    ----------
+    names : iterable of str
+        Region names of :data:`REGION_ATLAS` (e.g. ``load_atlas(...).names.values()``).
+
+    Returns
+    -------
+    dict of str to float
+        Region name → grey-matter fraction lost by age 85, for the regions of the design only
+        (every other region has rate 0).
+    """
+    out = {}
+    for name in sorted(names):
+        for rate, patterns in REGIONAL_ATROPHY.values():
+            if any(p in name for p in patterns):
+                out[name] = float(rate)
+                break
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -39,6 +94,16 @@ def cortical_thinning(age: float, thinning_mm: float = 2.5) -> float:
     """Depth (mm) of outer cortex turned into CSF at ``age`` (years); linear from age 20."""
     t = max(float(age) - ATROPHY_ONSET_AGE, 0.0) / (REFERENCE_AGE - ATROPHY_ONSET_AGE)
     return float(thinning_mm) * t
+
+
+def regional_atrophy(age: float, rate) -> np.ndarray:
+    """Fraction of grey matter lost at ``age`` (years) for regions of ``rate`` (loss at 85).
+
+    ``rate · (age − 20) / 65``, 0 before 20, clipped to [0, 1]; ``rate`` may be an array (a
+    voxelwise rate map) or a float.
+    """
+    t = max(float(age) - ATROPHY_ONSET_AGE, 0.0) / (REFERENCE_AGE - ATROPHY_ONSET_AGE)
+    return np.clip(np.asarray(rate, dtype=np.float32) * np.float32(t), 0.0, 1.0)
 
 
 def expected_lesion_count(age: float, lesion_rate: float = 0.03) -> float:
@@ -80,6 +145,11 @@ def _subject_curves(rng, params):
         return cortex_factor * cortical_thinning(a, params["cortical_thinning_mm"])
 
     return growth, thinning
+
+
+def _subject_atrophy_factor(rng, params) -> float:
+    """Draw the subject's own rate factor ``max(1 + effect_sd · z, 0)`` of regional atrophy."""
+    return max(1.0 + params["effect_sd"] * float(rng.standard_normal()), 0.0)
 
 
 def _partial(level_mm, distance, voxel_mm):
@@ -158,7 +228,7 @@ def _place_lesions(rng, age, rate, radius_mm, brain, wm, ventricle_mm, depth, vo
     return fraction, count
 
 
-def _truth_masks(brain, ventricle_change, cortex_change, lesion):
+def _truth_masks(brain, ventricle_change, cortex_change, lesion, region_change=None):
     """Ground-truth masks (:data:`MASK_NAMES`): voxels whose tissue changes by ≥ :data:`MIN_CHANGE`.
 
     Parameters
@@ -170,20 +240,26 @@ def _truth_masks(brain, ventricle_change, cortex_change, lesion):
         mask's age range.
     lesion : ndarray
         Lesion fraction of each voxel.
+    region_change : ndarray, optional
+        Fraction of each voxel that regional atrophy changes over the age range (``None``: no
+        regional atrophy, an empty ``"regions"`` mask).
 
     Returns
     -------
     dict of str to ndarray of bool
-        ``"brain"``, ``"ventricles"``, ``"cortex"``, ``"lesions"`` and ``"ageeffect"`` (the union
-        of the three effects).
+        ``"brain"``, ``"ventricles"``, ``"cortex"``, ``"lesions"``, ``"regions"`` and
+        ``"ageeffect"`` (the union of the effects).
     """
     masks = {
         "brain": brain,
         "ventricles": brain & (ventricle_change >= MIN_CHANGE),
         "cortex": brain & (cortex_change >= MIN_CHANGE),
         "lesions": brain & (lesion >= MIN_CHANGE),
+        "regions": brain & (region_change >= MIN_CHANGE)
+        if region_change is not None
+        else np.zeros_like(brain),
     }
-    masks["ageeffect"] = masks["ventricles"] | masks["cortex"] | masks["lesions"]
+    masks["ageeffect"] = masks["ventricles"] | masks["cortex"] | masks["lesions"] | masks["regions"]
     return masks
 
 
@@ -200,7 +276,9 @@ def _cortical_thickness(brain, depth, gm, cortex, voxel_mm):
     return float(gm[cortex].sum() * voxel_mm**3 / area_mm2)
 
 
-def _age_tissue(age, ages, growth, thinning, brain, gm, wm, distances, voxel_mm, lesions=None):
+def _age_tissue(
+    age, ages, growth, thinning, brain, gm, wm, distances, voxel_mm, lesions=None, atrophy=None
+):
     """Age a subject's tissue fractions by its three effects and mark where they act.
 
     Parameters
@@ -224,6 +302,9 @@ def _age_tissue(age, ages, growth, thinning, brain, gm, wm, distances, voxel_mm,
     lesions : (numpy.random.Generator, float, (float, float)), optional
         Random stream, ``lesion_rate`` and radius range of :func:`_place_lesions`; ``None`` for
         no lesions.
+    atrophy : ndarray, optional
+        Regional-atrophy rate of every voxel (grey-matter fraction lost by age 85, the subject's
+        rate factor included; :func:`regional_atrophy`); ``None`` for none.
 
     Returns
     -------
@@ -233,6 +314,10 @@ def _age_tissue(age, ages, growth, thinning, brain, gm, wm, distances, voxel_mm,
         :func:`_truth_masks`.
     unchanged : ndarray
         Fraction of each voxel that age has left as it was.
+    change : ndarray, float32
+        Fraction of each voxel's tissue that the effects change over ``ages`` (ventricles,
+        thinning and regional atrophy; lesions: this subject's lesion fraction): the continuous
+        ground truth that the masks threshold at :data:`MIN_CHANGE`.
     sizes : dict
         ``lesion_count``, ``lesion_voxels``, ``lesion_volume_ml``, ``ventricle_volume_ml`` and
         ``cortical_thickness_mm`` (:func:`_cortical_thickness`): fields of
@@ -258,6 +343,15 @@ def _age_tissue(age, ages, growth, thinning, brain, gm, wm, distances, voxel_mm,
         cortical, _eroded(thinning(ages[1]), depth, r) - _eroded(thinning(ages[0]), depth, r), 0
     )
 
+    # regional atrophy: a share of the grey matter of the design's regions turns into CSF
+    region_change, atrophied = None, np.zeros_like(gm2)
+    if atrophy is not None:
+        atrophy = np.where(brain, atrophy, 0).astype(np.float32)
+        atrophied = gm2 * regional_atrophy(age, atrophy)
+        loss = regional_atrophy(ages[1], atrophy) - regional_atrophy(ages[0], atrophy)
+        region_change = gm2 * loss
+        gm2 = gm2 - atrophied
+
     # lesions in periventricular / deep white matter
     lesion_frac, n_lesions = np.zeros(brain.shape, dtype=np.float32), 0
     if lesions is not None:
@@ -270,9 +364,13 @@ def _age_tissue(age, ages, growth, thinning, brain, gm, wm, distances, voxel_mm,
     csf2 = np.where(brain, np.clip(1 - gm2 - wm2 - les, 0, 1), 0)
     tissues = {"csf": csf2, "gm": gm2, "wm": wm2, "lesion": les}
     tissues = {k: v.astype(np.float32) for k, v in tissues.items()}
-    masks = _truth_masks(brain, vent_change, cortex_change, les)
+    masks = _truth_masks(brain, vent_change, cortex_change, les, region_change)
+    change = vent_change + cortex_change + les
+    if region_change is not None:
+        change = change + region_change
+    change = np.where(brain, np.clip(change, 0, 1), 0).astype(np.float32)
 
-    unchanged = np.clip(1 - tissue0 * f_vent - gm1 * erode - les, 0, 1)
+    unchanged = np.clip(1 - tissue0 * f_vent - gm1 * erode - atrophied - les, 0, 1)
     voxel_ml = r**3 / 1000.0
     sizes = {
         "lesion_count": n_lesions,
@@ -281,4 +379,4 @@ def _age_tissue(age, ages, growth, thinning, brain, gm, wm, distances, voxel_mm,
         "ventricle_volume_ml": float(f_vent.sum() * voxel_ml),
         "cortical_thickness_mm": _cortical_thickness(brain, depth, gm2, masks["cortex"], r),
     }
-    return tissues, masks, unchanged, sizes
+    return tissues, masks, unchanged, change, sizes

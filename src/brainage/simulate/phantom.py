@@ -10,7 +10,10 @@ then aged by three effects whose voxels are known:
   outer brain surface turns into CSF;
 * **white-matter lesions** — ``Poisson(lesion_rate · (age − 40) ** 1.5)`` small spheres (none
   before 40) in periventricular and deep white matter, hypointense on T1w and hyperintense on
-  FLAIR.
+  FLAIR;
+* optionally **regional atrophy** (the region-truth design, ``regional_atrophy``): in chosen
+  Harvard-Oxford regions a share ``rate · (age − 20) / 65`` of the grey matter turns into CSF,
+  with a known rate per region (:data:`brainage.simulate.effects.REGIONAL_ATROPHY`).
 
 Each voxel holds partial-volume fractions of CSF, GM, WM and lesion, so every effect grows
 continuously with age even on a 4 mm grid. Images are the fractions times per-contrast tissue
@@ -39,7 +42,9 @@ from brainage.simulate.effects import (
     MASK_NAMES,
     MIN_CHANGE,
     REFERENCE_AGE,
+    REGION_ATLAS,
     _age_tissue,
+    _subject_atrophy_factor,
     _subject_curves,
     cortical_thinning,
     expected_lesion_count,
@@ -94,8 +99,14 @@ class Phantom:
     masks : dict of str to ndarray of bool, same shape
         ``"brain"``; ``"ventricles"`` (where ventricle enlargement changes the image between
         ``age_range[0]`` and ``age_range[1]``); ``"cortex"`` (the thinning band over the same ages);
-        ``"lesions"`` (this subject's lesion voxels); ``"ageeffect"`` (their union: every voxel
-        where age acts on this subject's anatomy).
+        ``"lesions"`` (this subject's lesion voxels); ``"regions"`` (where regional atrophy
+        changes the tissue over those ages; empty without it); ``"ageeffect"`` (their union:
+        every voxel where age acts on this subject's anatomy).
+    change : ndarray, float32, same shape
+        Fraction of each voxel's tissue that age changes between ``age_range[0]`` and
+        ``age_range[1]`` (all effects; lesions: this subject's lesion fraction), in [0, 1]: the
+        continuous truth the masks threshold at :data:`MIN_CHANGE`; its mean over an atlas region
+        is that region's true effect.
     tissues : dict of str to ndarray, float32, same shape
         Partial-volume fractions ``"csf"``, ``"gm"``, ``"wm"``, ``"lesion"`` (sum 1 in the brain).
     age : float
@@ -126,6 +137,7 @@ class Phantom:
 
     images: dict
     masks: dict
+    change: np.ndarray
     tissues: dict
     age: float
     affine: np.ndarray
@@ -157,7 +169,7 @@ class Phantom:
             lesion_voxels=self.lesion_voxels,
             lesion_volume_ml=self.lesion_volume_ml,
         )
-        for name in ("ventricles", "cortex", "ageeffect"):
+        for name in ("ventricles", "cortex", "regions", "ageeffect"):
             row[f"{name}_voxels"] = int(self.masks[name].sum())
         return row
 
@@ -214,6 +226,30 @@ def validate_phantom_params(**params) -> dict:
     table = _check_intensities(p["intensities"])
     out["intensities"] = {c: table[c] for c in contrasts}
     out["age_range"] = list(_check_range("age_range", p["age_range"], 0.0, 130.0))
+    out["regional_atrophy"] = _check_atrophy(p["regional_atrophy"])
+    return out
+
+
+def _check_atrophy(rates) -> dict | None:
+    """Validate ``regional_atrophy``: ``None`` or region name of :data:`REGION_ATLAS` → rate."""
+    if rates is None:
+        return None
+    if not isinstance(rates, dict) or not rates:
+        raise ConfigError(
+            "'regional_atrophy' must be a mapping of Harvard-Oxford region names to the fraction "
+            "of grey matter lost by age 85 (see brainage.simulate.effects.REGIONAL_ATROPHY)"
+        )
+    from brainage.simulate._anatomy import region_names
+
+    names = region_names()
+    out = {}
+    for name, rate in sorted(rates.items()):
+        if name not in names:
+            raise ConfigError(
+                f"'regional_atrophy': {name!r} is not a region of the {REGION_ATLAS} atlas; "
+                f"{did_you_mean(str(name), sorted(names))}"
+            )
+        out[str(name)] = _check_number(f"regional_atrophy[{name!r}]", rate, 0.0, 1.0)
     return out
 
 
@@ -236,6 +272,7 @@ def make_phantom(
     texture: float = 1.0,
     intensities: dict | None = None,
     age_range=(20.0, 85.0),
+    regional_atrophy: dict | None = None,
 ) -> Phantom:
     """Make one 3D brain phantom of a given age with known age effects (METHODS §11).
 
@@ -287,6 +324,12 @@ def make_phantom(
     age_range : (float, float)
         Ages (years) over which ``masks["ventricles"]`` and ``masks["cortex"]`` mark where the
         effects act; widened to include ``age``.
+    regional_atrophy : dict of str to float, optional
+        The region-truth design: Harvard-Oxford region name → fraction of its grey matter turned
+        into CSF by age 85 (linear from 20, times the subject's own rate factor). The rate map is
+        drawn on the template and deformed with the subject. ``design_rates(names)`` gives the
+        design of :data:`brainage.simulate.effects.REGIONAL_ATROPHY`. ``None``: no regional
+        atrophy.
 
     Returns
     -------
@@ -337,6 +380,7 @@ def make_phantom(
         texture=texture,
         intensities=intensities,
         age_range=age_range,
+        regional_atrophy=regional_atrophy,
     )
     r = params["resolution_mm"]
     age_lo, age_hi = min(params["age_range"][0], age), max(params["age_range"][1], age)
@@ -359,8 +403,16 @@ def make_phantom(
     brain, gm0, wm0 = _young_tissue(on_target)
 
     # individual effect rates and the three age effects
-    growth, thinning = _subject_curves(stream("effects"), params)
-    tissues, masks, unchanged, sizes = _age_tissue(
+    effects_stream = stream("effects")
+    growth, thinning = _subject_curves(effects_stream, params)
+    atrophy, factor = None, 1.0
+    if params["regional_atrophy"]:
+        from brainage.simulate._anatomy import atrophy_rate_map
+
+        factor = _subject_atrophy_factor(effects_stream, params)
+        rates = atrophy_rate_map(anat.analysis_resolution_mm, params["regional_atrophy"])
+        atrophy = factor * on_analysis(rates)
+    tissues, masks, unchanged, change, sizes = _age_tissue(
         age,
         (age_lo, age_hi),
         growth,
@@ -373,6 +425,7 @@ def make_phantom(
         (stream("lesions"), params["lesion_rate"], params["lesion_radius_mm"])
         if params["lesions"]
         else None,
+        atrophy,
     )
 
     # images
@@ -393,6 +446,7 @@ def make_phantom(
     return Phantom(
         images=images,
         masks=masks,
+        change=change,
         tissues=tissues,
         age=age,
         affine=template_grid(r).affine,

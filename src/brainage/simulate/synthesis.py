@@ -153,8 +153,8 @@ def _warp(anat, warped, voxel_mm):
     on_target : callable
         Name of one of ``anat.fields`` → that map at ``warped`` (linear, 0 outside the grid).
     on_analysis : callable
-        Name of one of ``anat.distances`` → that distance map (mm) at ``warped`` (linear, from
-        the analysis grid, nearest value outside it).
+        Name of one of ``anat.distances``, or any array on the analysis grid → that map at
+        ``warped`` (linear, from the analysis grid, nearest value outside it).
     """
     offset = warped - np.asarray(BOX_ORIGIN_MM)[:, None, None, None]
     coords_t = offset / voxel_mm
@@ -164,7 +164,8 @@ def _warp(anat, warped, voxel_mm):
         return ndi.map_coordinates(anat.fields[name], coords_t, order=1, mode="constant", cval=0.0)
 
     def on_analysis(name):
-        return ndi.map_coordinates(anat.distances[name], coords_a, order=1, mode="nearest")
+        field = anat.distances[name] if isinstance(name, str) else name
+        return ndi.map_coordinates(field, coords_a, order=1, mode="nearest")
 
     return on_target, on_analysis
 

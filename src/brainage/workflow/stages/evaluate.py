@@ -19,7 +19,7 @@ from brainage.workflow.stage import ItemResult, RunContext, Stage
 from brainage.workflow.stages.explain import UNOISE, _uses_reference, explained_subjects
 
 #: Masks of a simulated subject: where age acts, and the single simulated effects.
-TRUTH_MASKS = ("ageeffect", "ventricles", "cortex", "lesions")
+TRUTH_MASKS = ("ageeffect", "ventricles", "cortex", "lesions", "regions")
 
 
 def _truth_files(ctx: RunContext, pid: str) -> dict:
@@ -32,14 +32,27 @@ def _truth_files(ctx: RunContext, pid: str) -> dict:
         found = sorted(folder.glob(f"{sub}_*desc-{name}_mask.nii*"))
         if found:
             out[name] = found[0]
+    found = sorted(folder.glob(f"{sub}_*desc-change_map.nii*"))
+    if found:
+        out["change"] = found[0]
     return out
 
 
+def region_truth_atlas(ctx: RunContext) -> str | None:
+    """Atlas of the region-level scores: the simulated design's, else the first configured one."""
+    if ctx.truth_dir is not None and (ctx.truth_dir / "regions.tsv").exists():
+        atlases = read_tsv(ctx.truth_dir / "regions.tsv", dtype=str)["atlas"].unique()
+        if len(atlases):
+            return str(atlases[0])
+    atlases = ctx.config.population.atlases
+    return atlases[0] if atlases else None
+
+
 class TruthStage(Stage):
-    """Ground-truth masks of the explained subjects, resampled to the model grid (nearest)."""
+    """Ground truth of the explained subjects on the model grid: masks (nearest), change map."""
 
     name = "truth"
-    version = "1"
+    version = "2"  # 2: the continuous change map and the regions mask
     requires = ("splits",)
 
     def items(self, ctx: RunContext) -> list[str]:
@@ -67,10 +80,14 @@ class TruthStage(Stage):
         grid = template_grid(ctx.layout.resolution_mm)
         outputs = {}
         for name, path in _truth_files(ctx, item).items():
-            img = resample_to_grid(nib.load(str(path)), grid, "nearest")
-            mask = (np.asarray(img.dataobj) > 0.5).astype(np.uint8)
             out = ctx.layout.truth(item, name)
-            save_nifti(mask, grid.affine, out, dtype=np.uint8)
+            if name == "change":
+                img = resample_to_grid(nib.load(str(path)), grid, "linear")
+                save_nifti(np.asarray(img.dataobj, dtype=np.float32), grid.affine, out)
+            else:
+                img = resample_to_grid(nib.load(str(path)), grid, "nearest")
+                mask = (np.asarray(img.dataobj) > 0.5).astype(np.uint8)
+                save_nifti(mask, grid.affine, out, dtype=np.uint8)
             outputs[name] = out
         return ItemResult(outputs)
 
@@ -110,14 +127,13 @@ def _faithfulness(ctx: RunContext, method: str, pids: list[str], brain: np.ndarr
         predict, vols, maps, reference, brain > 0, seed=ctx.config.seed, imputation=ev.imputation
     )
     regions = None
-    if ctx.config.population.atlases:
+    atlas_name = region_truth_atlas(ctx)
+    if atlas_name:
         from brainage.atlas import load_atlas
         from brainage.evaluate.reliance import region_relevance, region_reliance, reliance_spearman
         from brainage.space import template_grid
 
-        atlas = load_atlas(
-            ctx.config.population.atlases[0], template_grid(ctx.layout.resolution_mm)
-        )
+        atlas = load_atlas(atlas_name, template_grid(ctx.layout.resolution_mm))
         labels = np.where(brain > 0, atlas.labels, 0)
         reliance = region_reliance(predict, vols, labels, reference)
         by_region = region_relevance(maps, labels)
@@ -133,11 +149,52 @@ def _faithfulness(ctx: RunContext, method: str, pids: list[str], brain: np.ndarr
     return scores, curves, regions
 
 
+def _sensitivity(ctx: RunContext, method: str, pids: list[str], brain: np.ndarray) -> float:
+    """Mean max-sensitivity of one method on the first base model's subjects (captum)."""
+    from brainage.evaluate.robustness import max_sensitivity
+    from brainage.workflow.stages.predict import load_models
+    from brainage.workflow.stages.train import explaining_items, load_reference, parse_model_item
+
+    ev = ctx.config.evaluate
+    items = explaining_items(ctx, pids[0])
+    same = [p for p in pids if explaining_items(ctx, p) == items][: ev.sensitivity_subjects]
+    params = ctx.config.explain.method_params(method)
+    if _uses_reference(params):
+        params["baseline"] = load_reference(ctx, parse_model_item(items[0])[0])
+    model = load_models(ctx, items[:1])[0][1]
+    values = max_sensitivity(
+        model, ctx.stack(same), method, brain > 0, radius=ev.sensitivity_radius,
+        n_samples=ev.sensitivity_samples, seed=ctx.config.seed, **params,
+    )  # fmt: skip
+    return float(np.mean(values))
+
+
+def _change_maps(ctx: RunContext, pids: list[str]):
+    """Read the explained subjects' true change maps on the model grid, or None (not simulated)."""
+    if not pids or not all(("truth", p) in ctx.records for p in pids):
+        return None
+    recs = [ctx.record("truth", p) for p in pids]
+    if not all("change" in r.outputs for r in recs):
+        return None
+    return _read([r.output(ctx.layout, "change") for r in recs])
+
+
+def _region_truth(ctx: RunContext, stack, change, brain):
+    """Region-level ground-truth scores (:mod:`brainage.evaluate.region_truth`)."""
+    from brainage.atlas import load_atlas
+    from brainage.evaluate.region_truth import region_truth_scores
+    from brainage.space import template_grid
+
+    atlas = load_atlas(region_truth_atlas(ctx), template_grid(ctx.layout.resolution_mm))
+    scores, table = region_truth_scores(stack, change, atlas.labels, brain > 0, atlas.names)
+    return scores, table.assign(atlas=atlas.name)
+
+
 class EvaluateStage(Stage):
     """See the module docstring."""
 
     name = "evaluate"
-    version = "2"  # 2: perturbation (faithfulness) test and region reliance
+    version = "3"  # 2: perturbation test, region reliance; 3: region truth, max-sensitivity
     requires = ("explain", "truth", "reference")
 
     def items(self, ctx: RunContext) -> list[str]:
@@ -161,7 +218,7 @@ class EvaluateStage(Stage):
             "evaluate": ctx.config.evaluate.to_dict(),
             "method_params": ctx.config.explain.method_params(item),
             "seed": ctx.config.seed,
-            "reliance_atlas": ctx.config.population.atlases[:1],  # region reliance (faithfulness)
+            "region_atlas": region_truth_atlas(ctx),  # region reliance and region truth
         }
 
     def seed(self, ctx: RunContext, item: str) -> int:
@@ -240,6 +297,14 @@ class EvaluateStage(Stage):
         if not has_truth:
             scores = [*METRICS, "population_mass_accuracy", "population_mask_fraction"]
             row[[*scores, "population_roc_auc"]] = np.nan
+        change = _change_maps(ctx, pids)
+        if change is not None and region_truth_atlas(ctx):
+            scores, table = _region_truth(ctx, stack, change, brain)
+            for k, v in scores.items():
+                row[k] = v
+            outputs["region_truth"] = write_tsv(layout.region_truth(method), table)
+        if ev.sensitivity and pids and method != UNOISE:
+            row["max_sensitivity"] = _sensitivity(ctx, method, pids, brain)
         if ev.faithfulness and pids and method != UNOISE:
             from brainage.evaluate.faithfulness import ORDERS
 

@@ -97,6 +97,26 @@ class RegionsStage(Stage):
         path = write_tsv(ctx.layout.regions(method, atlas), table)
         return ItemResult({"regions": path})
 
+    def finish(self, ctx: RunContext) -> None:
+        """Agreement across methods: Spearman of their region tables, per atlas (issue 11)."""
+        import pandas as pd
+
+        from brainage.evaluate.robustness import method_agreement
+        from brainage.io.scans import read_tsv
+
+        frames = []
+        for atlas in ctx.config.population.atlases:
+            tables = {}
+            for item in self.items(ctx):
+                method, name = item.split("/", 1)
+                if name == atlas and (self.name, item) in ctx.records:
+                    record = ctx.record(self.name, item)
+                    tables[method] = read_tsv(record.output(ctx.layout, "regions"))
+            if len(tables) >= 2:
+                frames.append(method_agreement(tables).assign(atlas=atlas))
+        if frames:
+            write_tsv(ctx.layout.method_agreement(), pd.concat(frames, ignore_index=True))
+
 
 class NativeRegionsStage(Stage):
     """Regions of each subject's own native label map (e.g. DLMUSE), per method (METHODS §9).
