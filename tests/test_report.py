@@ -44,6 +44,13 @@ XAI_ROWS = {
         aopc_morf_minus_random_ci_low=-0.6,
         aopc_morf_minus_random_ci_high=0.4,
         faithfulness_n=12,
+        max_sensitivity=0.31,
+        region_roc_auc=0.62,
+        population_region_roc_auc=0.66,
+        region_effect_spearman=0.21,
+        population_region_effect_spearman=0.25,
+        region_n_effect=20,
+        region_n_none=40,
     ),
     "lrp": dict(
         n_subjects=2,
@@ -61,6 +68,13 @@ XAI_ROWS = {
         aopc_morf_minus_random_ci_low=1.2,
         aopc_morf_minus_random_ci_high=3.9,
         faithfulness_n=12,
+        max_sensitivity=0.12,
+        region_roc_auc=0.88,
+        population_region_roc_auc=0.93,
+        region_effect_spearman=0.61,
+        population_region_effect_spearman=0.74,
+        region_n_effect=20,
+        region_n_none=40,
     ),
 }
 #: Fake evaluation/lesions.tsv: lrp relies on lesions (d > 0, p < 0.05), guided_backprop not.
@@ -115,6 +129,21 @@ def add_fake_evaluation(out, res=4, seed=0, truth=True, lesions=True, xai_rows=N
     write_xai_table(pd.DataFrame([{"method": m, **v} for m, v in rows.items()]), out)
     if lesions:
         _write_tsv(out / "evaluation" / "lesions.tsv", pd.DataFrame(LESION_ROWS))
+    layout = RunLayout(out, res)
+    effect = rng.uniform(0, 0.3, 30)
+    for k, method in enumerate(rows):
+        table = pd.DataFrame({
+            "label": np.arange(1, 31), "region": [f"R{i}" for i in range(30)], "n_voxels": 50,
+            "true_effect": effect,
+            "has_effect": np.where(effect >= 0.05, "yes", np.where(effect < 0.01, "no", "partial")),
+            "relevance": effect * (k + 1) + rng.uniform(0.01, 0.1, 30), "relevance_rank": 1,
+            "atlas": "harvard_oxford"})  # fmt: skip
+        _write_tsv(layout.region_truth(method), table)
+    methods = list(rows)
+    pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1 :]]
+    _write_tsv(layout.method_agreement(), pd.DataFrame({
+        "method_a": [a for a, _ in pairs], "method_b": [b for _, b in pairs],
+        "spearman": 0.4, "n_regions": 30, "atlas": "aal"}))  # fmt: skip
     t1 = template_array("t1w", res)
     edges = np.sqrt(
         sum(g**2 for g in np.gradient(t1))
@@ -339,8 +368,8 @@ def test_report_written_self_contained_with_all_sections(full_run):
     html = (full_run / "report.html").read_text()
     imgs = _assert_self_contained(html)
     # age hist, scatter, gap, training, methods side by side, 2 methods x (2 maps + 1 bar),
-    # qc histogram + 8 gallery pictures
-    assert len(imgs) == 1 + 1 + 1 + 1 + 1 + 2 * 3 + 1 + 8
+    # qc histogram + 8 gallery pictures, region truth scatter plots + method agreement matrix
+    assert len(imgs) == 1 + 1 + 1 + 1 + 1 + 2 * 3 + 1 + 8 + 2
     for anchor in (
         "summary",
         "cohort",

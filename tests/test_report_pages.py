@@ -185,11 +185,25 @@ def test_faithfulness_table_and_curves_name_the_most_faithful_method(tmp_path):
         curve = pd.DataFrame({"fraction": fr, "morf": -3 * fr, "lerf": fr, "random": -fr})
         write_tsv(RunLayout(out).faithfulness(m), curve)
     html = write_report(out, subject_pages=False).read_text()
-    part = html.split('id="faithfulness"')[1].split("<h3>")[0]
+    part = html.split('id="faithfulness"')[1].split("<h3")[0]
     assert part.count("more faithful than random") == 1  # lrp: CI 0.5 to 2.0 excludes 0
     assert part.count("not better than random") == 1  # guided backprop: CI −0.2 to 0.1
     assert '<tr class="rec"><td class="l">lrp</td>' in part
     assert part.count('<img class="fig"') == 1
+
+
+def test_region_truth_and_robustness_section(tmp_path):
+    """Region-level scores, max-sensitivity, the truth scatter plots and the agreement matrix."""
+    from test_report import add_fake_evaluation
+
+    out = add_fake_evaluation(make_fake_run(tmp_path / "OUT", evaluation=False))
+    html = write_report(out, subject_pages=False).read_text()
+    part = html.split('id="robustness"')[1].split("<h3>")[0]
+    assert '<tr class="rec"><td class="l">lrp</td><td>0.880</td><td>0.930</td>' in part
+    assert "<td>0.120</td>" in part and "<td>0.310</td>" in part  # max-sensitivity
+    assert "20 / 40" in part and "harvard_oxford" in part
+    assert part.count('<img class="fig') == 2 and "method agreement aal" in part
+    assert "median ρ 0.40" in part
 
 
 def test_pages_and_viewers_are_kept_until_their_inputs_change(paged_run):

@@ -66,9 +66,12 @@ def _xai_section(run: RunFolder, sanity: dict) -> dict | None:
     figure = _safe("explanation methods figure", run, _xai_figure, run, sanity)
     lesions = _lesion_section(run) if run.lesions is not None and len(run.lesions) else None
     faith = _safe("faithfulness", run, _faithfulness_section, run)
+    regions = _safe("region-level truth", run, _region_truth_section, run)
+    agreement = _safe("method agreement", run, _agreement_section, run)
     if table is None and figure is None and lesions is None and faith is None:
         return None
-    return {"table": table, "figure": figure, "lesions": lesions, "faithfulness": faith}
+    return {"table": table, "figure": figure, "lesions": lesions, "faithfulness": faith,
+            "regions": regions, "agreement": agreement}  # fmt: skip
 
 
 def _xai_columns(frame: pd.DataFrame) -> list[tuple]:
@@ -227,6 +230,63 @@ def _faithfulness_section(run: RunFolder) -> dict | None:
     figure = mf.figure_to_data_uri(perturbation_curves_figure(curves)) if curves else None
     best = max(rows, key=lambda r: r["v"]["aopc_morf_minus_random"] or float("-inf"))
     return {"rows": rows, "figure": figure, "best": best["method"]}
+
+
+#: Columns of the region-level and robustness table (``xai.tsv``).
+_REGION_KEYS = ("region_roc_auc", "population_region_roc_auc", "region_effect_spearman",
+                "population_region_effect_spearman", "region_n_effect", "region_n_none",
+                "reliance_spearman", "max_sensitivity")  # fmt: skip
+
+
+def _region_truth_section(run: RunFolder) -> dict | None:
+    """Region-level truth scores and max-sensitivity per method, and the truth scatter plots."""
+    from brainage.report.figures_truth import region_truth_figure
+
+    if run.xai is None or not {"region_roc_auc", "max_sensitivity"} & set(run.xai.columns):
+        return None
+    rows = []
+    for rec in run.xai[run.xai["method"].notna()].to_dict("records"):
+        v = {k: _number(rec.get(k)) for k in _REGION_KEYS}
+        if all(x is None for x in v.values()):
+            continue
+        rows.append({"method": str(rec["method"]), "v": v})
+    if not rows:
+        return None
+    tables, atlas = {}, None
+    for r in rows:
+        path = RunLayout(run.root).region_truth(r["method"])
+        if path.is_file():
+            tables[r["method"]] = pd.read_csv(path, sep="\t")
+            atlas = atlas or str(tables[r["method"]]["atlas"].iloc[0])
+    figure = mf.figure_to_data_uri(region_truth_figure(tables)) if tables else None
+    scored = [r for r in rows if r["v"]["population_region_roc_auc"] is not None]
+    best = None
+    if scored:
+        best = max(scored, key=lambda r: r["v"]["population_region_roc_auc"])["method"]
+    return {"rows": rows, "figure": figure, "atlas": atlas, "best": best,
+            "has_truth": bool(scored)}  # fmt: skip
+
+
+def _agreement_section(run: RunFolder) -> dict | None:
+    """Spearman of the methods' region tables (``evaluation/method_agreement.tsv``)."""
+    from brainage.report.figures_truth import method_agreement_figure
+
+    path = RunLayout(run.root).method_agreement()
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, sep="\t")
+    if table.empty:
+        return None
+    figures = []
+    for atlas, part in table.groupby("atlas", sort=False):
+        present = set(part["method_a"]) | set(part["method_b"])
+        order = [m for m in run.explained_methods if m in present]
+        uri = mf.figure_to_data_uri(method_agreement_figure(part, order or None))
+        finite = part["spearman"].dropna()
+        figures.append({"atlas": str(atlas), "uri": uri,
+                        "median": float(finite.median()) if len(finite) else None,
+                        "n_regions": int(part["n_regions"].max())})  # fmt: skip
+    return {"figures": figures}
 
 
 # numeric summary fields of the lesion test shown in the report (names owned by brainage.stats)
