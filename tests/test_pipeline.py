@@ -147,6 +147,14 @@ def test_run_outputs(tiny_run):
     assert {"preprocess", "train", "predict", "explain", "population", "report"} <= set(
         prov["stage_seconds"]
     )
+    # every method has its randomisation check, U-Noise too (noise models refitted per
+    # randomised predictor); max-sensitivity and region-level truth for the gradient methods
+    xai = pd.read_csv(out / "evaluation" / "xai.tsv", sep="\t").set_index("method")
+    assert np.isfinite(xai["randomisation_spearman"]).all(), xai["randomisation_spearman"]
+    steps = pd.read_csv(out / "evaluation" / "randomisation" / "method-unoise.tsv", sep="\t")
+    assert steps["spearman"].iloc[0] == pytest.approx(1.0) and len(steps) > 2
+    assert np.isfinite(xai.loc[["guided_backprop", "lrp"], "max_sensitivity"]).all()
+    assert xai.loc[["guided_backprop", "lrp"], "region_roc_auc"].between(0, 1).all()
     # readable by group and others under umask 022 (no 0600 temporary-file modes)
     for path in (out / "predictions.tsv", layout.relevance("lrp", pid), records[0]):
         assert path.stat().st_mode & 0o044 == 0o044, path

@@ -348,6 +348,10 @@ class EvaluateConfig(Section):
         Noisy copies per subject.
     sensitivity_radius : float
         Half-width of the noise, in model input units (inputs are scaled to about [0, 1]).
+    unoise_subjects, unoise_epochs : int
+        Budget of the U-Noise randomisation check: a noise model is refitted for every randomised
+        predictor (and for the trained one) on this many training subjects for this many noise
+        epochs (at most ``explain.unoise_fit``'s, one pretraining epoch, no validation).
     """
 
     section_path: ClassVar[str] = "evaluate"
@@ -362,6 +366,8 @@ class EvaluateConfig(Section):
     sensitivity_subjects: Annotated[int, Field(ge=1)] = 4
     sensitivity_samples: Annotated[int, Field(ge=1)] = 5
     sensitivity_radius: Annotated[float, Field(gt=0, le=1)] = 0.02
+    unoise_subjects: Annotated[int, Field(ge=2)] = 16
+    unoise_epochs: Annotated[int, Field(ge=1)] = 2
 
 
 class RunConfig(Section):

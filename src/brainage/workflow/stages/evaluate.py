@@ -149,6 +149,41 @@ def _faithfulness(ctx: RunContext, method: str, pids: list[str], brain: np.ndarr
     return scores, curves, regions
 
 
+def _unoise_fit_subjects(ctx: RunContext, item: str) -> list[str]:
+    """Training subjects of the reduced-budget U-Noise refits of the randomisation check."""
+    from brainage.workflow.stages.train import parse_model_item
+
+    n = min(ctx.config.explain.unoise_fit.n_subjects, ctx.config.evaluate.unoise_subjects)
+    return ctx.subjects_in("train", fold=parse_model_item(item)[0])[:n]
+
+
+def _unoise_refit(ctx: RunContext, item: str):
+    """U-Noise as a method of ``cascading_randomisation``: a noise model refitted per predictor.
+
+    U-Noise maps come from a noise model trained for one predictor, so randomising the
+    predictor's layers means training a new noise model for each randomised predictor (issue 11,
+    item 7). Every step, the trained model's included, is refitted with the same reduced budget
+    (``evaluate.unoise_subjects`` training subjects, ``evaluate.unoise_epochs`` noise epochs, at
+    most one pretraining epoch, no validation) and the same seed, so the steps differ only by the
+    predictor.
+    """
+    from brainage.explain.unoise import fit_unoise, unoise_importance
+
+    ev, fit = ctx.config.evaluate, ctx.config.explain.unoise_fit
+    subjects = _unoise_fit_subjects(ctx, item)
+    ages = ctx.ages()
+    x_fit, y_fit = ctx.stack(subjects), np.array([ages[p] for p in subjects])
+    params = fit.fit_params()
+    params.update(epochs=min(fit.epochs, ev.unoise_epochs),
+                  pretrain_epochs=min(fit.pretrain_epochs, 1))  # fmt: skip
+
+    def explain_with_refit(model, volumes, **_):
+        noise_model = fit_unoise(model, x_fit, y_fit, seed=ctx.config.seed, **params)
+        return unoise_importance(noise_model, volumes)
+
+    return explain_with_refit
+
+
 def _sensitivity(ctx: RunContext, method: str, pids: list[str], brain: np.ndarray) -> float:
     """Mean max-sensitivity of one method on the first base model's subjects (captum)."""
     from brainage.evaluate.robustness import max_sensitivity
@@ -194,7 +229,7 @@ class EvaluateStage(Stage):
     """See the module docstring."""
 
     name = "evaluate"
-    version = "3"  # 2: perturbation test, region reliance; 3: region truth, max-sensitivity
+    version = "3"  # 2: perturbation, reliance; 3: region truth, max-sensitivity, U-Noise refits
     requires = ("explain", "truth", "reference")
 
     def items(self, ctx: RunContext) -> list[str]:
@@ -208,6 +243,11 @@ class EvaluateStage(Stage):
         ]
         deps += [("train", i) for i in sorted(ctx.stage_records("train"))]
         deps += [("truth", p) for p in pids if ("truth", p) in ctx.records]
+        if item == UNOISE and ctx.config.evaluate.randomisation and pids:
+            from brainage.workflow.stages.train import explaining_items
+
+            first = explaining_items(ctx, pids[0])[0]
+            deps += [("preprocess", p) for p in _unoise_fit_subjects(ctx, first)]
         uses = _uses_reference(ctx.config.explain.method_params(item))
         if uses or ctx.config.evaluate.faithfulness:
             deps += [("reference", i) for i in sorted(ctx.stage_records("reference"))]
@@ -220,6 +260,16 @@ class EvaluateStage(Stage):
             "seed": ctx.config.seed,
             "region_atlas": region_truth_atlas(ctx),  # region reliance and region truth
         }
+
+    def inputs(self, ctx: RunContext, item: str) -> dict:
+        pids = explained_subjects(ctx)
+        if item != UNOISE or not ctx.config.evaluate.randomisation or not pids:
+            return {}
+        from brainage.workflow.stages.train import explaining_items
+
+        ages = ctx.ages()
+        subjects = _unoise_fit_subjects(ctx, explaining_items(ctx, pids[0])[0])
+        return {"unoise_refit": [[p, ages[p]] for p in subjects]}
 
     def seed(self, ctx: RunContext, item: str) -> int:
         return ctx.config.seed
@@ -259,7 +309,7 @@ class EvaluateStage(Stage):
             per_seed.append(normalise_maps(maps, brain).mean(axis=0))
         agreement = seed_agreement(per_seed, brain, ev.top_fraction) if len(per_seed) >= 2 else None
         randomisation = None
-        if ev.randomisation and method != UNOISE and pids:
+        if ev.randomisation and pids:
             # the first base model of the first subject's fold, on subjects it never saw
             items = explaining_items(ctx, pids[0])
             same = [p for p in pids if explaining_items(ctx, p) == items]
@@ -269,8 +319,9 @@ class EvaluateStage(Stage):
                 params["baseline"] = load_reference(ctx, parse_model_item(items[0])[0])
             vols = torch.as_tensor(ctx.stack(same[:n]))
             model = load_models(ctx, items[:1])[0][1]
+            explainer = _unoise_refit(ctx, items[0]) if method == UNOISE else method
             randomisation = cascading_randomisation(
-                model, vols, method, ctx.config.seed, mask=brain, **params
+                model, vols, explainer, ctx.config.seed, mask=brain, **params
             )
             outputs["randomisation"] = write_tsv(layout.randomisation(method), randomisation)
         masks = {}
