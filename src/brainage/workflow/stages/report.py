@@ -15,7 +15,7 @@ class ReportStage(Stage):
     """See the module docstring."""
 
     name = "report"
-    version = "2.subjectpages"
+    version = "3.robustness"  # 3: region-level truth, max-sensitivity, method agreement
     requires = ("predict", "population", "regions", "evaluate", "stats", "native_regions",
                 "subgroups", "stability", "phases")  # fmt: skip
 
