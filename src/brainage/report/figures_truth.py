@@ -84,20 +84,20 @@ def method_agreement_figure(table: pd.DataFrame, methods: list | None = None) ->
         if r.method_a in index and r.method_b in index:
             matrix[index[r.method_a], index[r.method_b]] = r.spearman
             matrix[index[r.method_b], index[r.method_a]] = r.spearman
-    size = 1.6 + 0.62 * k
-    fig = Figure(figsize=(size + 1.6, size))
+    size = 1.4 + 0.5 * k
+    fig = Figure(figsize=(size + 2.8, size + 0.6))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
     names = [m.replace("_", " ") for m in methods]
-    ax.set_xticks(range(k), names, rotation=40, ha="right", fontsize=8)
-    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xticks(range(k), names, rotation=40, ha="right", fontsize=10)
+    ax.set_yticks(range(k), names, fontsize=10)
     for i in range(k):
         for j in range(k):
             v = matrix[i, j]
             text = "n/a" if not np.isfinite(v) else f"{v:.2f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
                     color="white" if np.isfinite(v) and abs(v) > 0.6 else "black")  # fmt: skip
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    bar.set_label("Spearman ρ of region tables", fontsize=8)
+    bar.set_label("Spearman ρ of region tables", fontsize=10)
     fig.tight_layout()
     return fig
