@@ -18,37 +18,20 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
+from _phantom_run import load_phantom_run
 
 from brainage.preprocess.steps import scale_intensity
 from brainage.simulate import make_phantom
-from brainage.train import load_model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bids", type=Path, required=True, help="simulated BIDS cohort")
-    parser.add_argument("--run", type=Path, required=True, help="output folder of brainage run")
-    parser.add_argument("--years", type=float, default=15.0, help="ageing step, years")
-    parser.add_argument("--n", type=int, default=20, help="test subjects used")
-    args = parser.parse_args()
-
-    truth = args.bids / "derivatives" / "truth"
-    generated = json.loads((truth / "dataset_description.json").read_text())["GeneratedBy"][0]
-    params = generated["Parameters"]
-    phantom = dict(params["phantom"])
-    res = float(params["resolution_mm"])
-    draws = pd.read_csv(next(truth.glob("*.tsv")), sep="\t").set_index("participant_id")
-    predictions = pd.read_csv(args.run / "predictions.tsv", sep="\t")
-    test = predictions[predictions["split"] == "test"].head(args.n)
-    models = [load_model(d)[0].eval() for d in sorted((args.run / "models").glob("*/seed-*"))]
-    hi_age = float(params["age_range"][1])
+    run = load_phantom_run(__doc__.split("\n")[0])
+    args, draws, test, models = run.args, run.draws, run.test, run.models
+    phantom, res = run.phantom, run.resolution_mm
+    hi_age = float(run.params["age_range"][1])
 
     rows = []
     for pid, age in zip(test["participant_id"], test["age"], strict=True):

@@ -20,15 +20,11 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import torch
 import yaml
+from _phantom_run import load_phantom_run
 from scipy import stats
 
 from brainage.atlas import load_atlas
@@ -37,7 +33,6 @@ from brainage.preprocess.steps import scale_intensity
 from brainage.simulate import make_phantom
 from brainage.simulate.effects import REGION_ATLAS
 from brainage.space import template_array, template_grid
-from brainage.train import load_model
 
 
 def _rho(a, b) -> float:
@@ -46,22 +41,10 @@ def _rho(a, b) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bids", type=Path, required=True, help="simulated BIDS cohort")
-    parser.add_argument("--run", type=Path, required=True, help="output folder of brainage run")
-    parser.add_argument("--years", type=float, default=15.0, help="ageing step, years")
-    parser.add_argument("--n", type=int, default=20, help="test subjects used")
-    args = parser.parse_args()
-
-    truth = args.bids / "derivatives" / "truth"
-    generated = json.loads((truth / "dataset_description.json").read_text())["GeneratedBy"][0]
-    params = generated["Parameters"]
-    phantom = {k: v for k, v in params["phantom"].items() if k != "lesions"}
-    res = float(params["resolution_mm"])
-    draws = pd.read_csv(truth / "truth.tsv", sep="\t").set_index("participant_id")
-    predictions = pd.read_csv(args.run / "predictions.tsv", sep="\t")
-    test = predictions[predictions["split"] == "test"].head(args.n)
-    models = [load_model(d)[0].eval() for d in sorted((args.run / "models").glob("*/seed-*"))]
+    run = load_phantom_run(__doc__.split("\n")[0])
+    args, params, draws, test, models = run.args, run.params, run.draws, run.test, run.models
+    truth, res = run.truth, run.resolution_mm
+    phantom = {k: v for k, v in run.phantom.items() if k != "lesions"}
     config = yaml.safe_load((args.run / "config.yaml").read_text())
     methods = [m for m in config["explain"]["methods"] if m != "unoise"]
     layout = RunLayout(args.run, res)
