@@ -41,7 +41,7 @@ def list_methods() -> list[str]:
     return sorted(METHODS)
 
 
-def register_method(name: str, version: str = "1"):
+def register_method(name: str, version: str = "1", per_channel: bool = True):
     """Register an explanation method under ``name`` (decorator).
 
     The decorated function ``func(model, x, **params) -> torch.Tensor`` receives ``x`` as a
@@ -57,6 +57,11 @@ def register_method(name: str, version: str = "1"):
     version : str
         Algorithm version; part of :func:`method_fingerprint`, so cached maps of an older
         version are recomputed.
+    per_channel : bool
+        Whether the method resolves the input channels (T1w, FLAIR). ``False`` for methods whose
+        map is one spatial map repeated over the channels (Grad-CAM: a layer's map; occlusion:
+        boxes through all channels): their relevance of a voxel is one channel's value, not the
+        sum (:attr:`method.per_channel`).
 
     Returns
     -------
@@ -85,6 +90,7 @@ def register_method(name: str, version: str = "1"):
 
         method.method_name = name
         method.version = version
+        method.per_channel = bool(per_channel)
         method.raw = func
         METHODS[name] = method
         return method

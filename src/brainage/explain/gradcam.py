@@ -96,7 +96,7 @@ def _to_input_grid(cam: torch.Tensor, name: str, axis, x: torch.Tensor, mode: st
     )
 
 
-@register_method("gradcam")
+@register_method("gradcam", per_channel=False)
 def gradcam(
     model: nn.Module,
     x: torch.Tensor,

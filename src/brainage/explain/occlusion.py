@@ -16,7 +16,7 @@ from brainage.explain._core import (
 )
 
 
-@register_method("occlusion")
+@register_method("occlusion", per_channel=False)
 def occlusion(
     model: nn.Module,
     x: torch.Tensor,

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from brainage.errors import InputError
-from brainage.io.scans import scan_key, subject_of_key
+from brainage.io.scans import EXTRA_MODALITIES, modality_column, scan_key, subject_of_key
 
 log = logging.getLogger("brainage")
 
@@ -35,8 +35,9 @@ class Cohort:
         One row per usable scan; columns ``participant_id`` (str, unique: the scan key, which is
         the participant id, or ``<participant_id>_ses-<label>`` for a session of a longitudinal
         dataset, :mod:`brainage.io.scans`), ``age`` (float, years, NaN when unknown), ``t1w``
-        (absolute path, str) and any further columns of the source table (``sex``, ``site``,
-        covariates).
+        (absolute path, str), one column per further modality found (``flair``, ``t2w``,
+        ``pdw``: absolute path, ``""`` for a scan without one; :data:`EXTRA_MODALITIES`) and any
+        further columns of the source table (``sex``, ``site``, covariates).
     source : str
         Where the cohort came from (BIDS folder or table file).
     failures : list of InputError
@@ -447,9 +448,49 @@ def read_bids(path: str | Path, strict: bool = False, filters: dict | None = Non
             "gets the participant's age; add an age column to sub-<id>/sub-<id>_sessions.tsv",
             len(subjects), subjects[0],
         )  # fmt: skip
-    table = _finish(pd.DataFrame(rows, columns=[*parts.columns, "t1w"]), str(tsv), failures, strict)
+    extra = _extra_images(layout, query)
+    for column, found_images in extra.items():
+        for row in rows:
+            row[column] = found_images.get(row["participant_id"], "")
+    columns = [*parts.columns, "t1w", *extra]
+    table = _finish(pd.DataFrame(rows, columns=columns), str(tsv), failures, strict)
     truth = root / "derivatives" / "truth"
     return Cohort(table, str(root), failures, truth if truth.is_dir() else None)
+
+
+def _extra_images(layout, query: dict) -> dict[str, dict[str, str]]:
+    """Images of the further modalities (:data:`EXTRA_MODALITIES`) by scan key, per column.
+
+    Only the session filter of ``query`` applies (acquisition or run filters name T1w scans).
+    A modality that no scan has gets no column; of several images of one scan the first in
+    sorted order is used, with a warning.
+    """
+    session = {k: v for k, v in query.items() if k == "session"}
+    out: dict[str, dict[str, str]] = {}
+    for modality in EXTRA_MODALITIES:
+        files = layout.get(
+            suffix=modality, datatype="anat", extension=[".nii", ".nii.gz"], **session
+        )
+        found: dict[str, list[str]] = {}
+        for f in files:
+            ent = f.get_entities()
+            ses = ent.get("session")
+            key = scan_key(f"sub-{ent['subject']}", f"ses-{ses}" if ses else None)
+            found.setdefault(key, []).append(f.path)
+        several = sorted(k for k, v in found.items() if len(v) > 1)
+        if several:
+            log.warning(
+                "%d scan(s) have several %s images (e.g. %s); using the first in sorted order",
+                len(several), modality, several[0],
+            )  # fmt: skip
+        if found:
+            out[modality_column(modality)] = {k: sorted(v)[0] for k, v in found.items()}
+    return out
+
+
+def _resolve(paths, folder: Path) -> list[str]:
+    """Absolute image paths (relative ones from ``folder``); ``""`` stays empty."""
+    return ["" if not p.strip() else str((folder / p.strip()).resolve()) for p in paths]
 
 
 def read_table(path: str | Path, strict: bool = False) -> Cohort:
@@ -459,7 +500,9 @@ def read_table(path: str | Path, strict: bool = False) -> Cohort:
     ----------
     path : str or Path
         Table with columns ``participant_id``, ``age`` (years; empty or ``n/a`` unknown) and an
-        image column named one of ``t1w``, ``path``, ``image``; with a ``session_id`` column,
+        image column named one of ``t1w``, ``path``, ``image``, and optionally columns of further
+        modalities named by their BIDS suffix (``flair`` or ``FLAIR``, ``t2w``, ``pdw``; empty
+        where a scan has none); with a ``session_id`` column,
         one row per scan (keyed ``<participant_id>_ses-<label>``, grouped by participant in
         the splits). Relative image paths are relative to
         the table's folder. The separator is taken from the extension (``.tsv`` tab, else comma).
@@ -507,11 +550,17 @@ def read_table(path: str | Path, strict: bool = False) -> Cohort:
         ]
         rows = rows.drop(columns="session_id")
     _check_unique(rows["participant_id"], path)
-    rows["t1w"] = [
-        "" if not p.strip() else str((path.parent / p.strip()).resolve()) for p in rows[image_col]
-    ]
+    rows["t1w"] = _resolve(rows[image_col], path.parent)
     if image_col != "t1w":
         rows = rows.drop(columns=[image_col])
+    for modality in EXTRA_MODALITIES:
+        column = modality_column(modality)
+        given = next((c for c in rows.columns if c.lower() == column), None)
+        if given is None:
+            continue
+        rows[column] = _resolve(rows[given], path.parent)
+        if given != column:
+            rows = rows.drop(columns=[given])
     failures: list[InputError] = []
     table = _finish(rows, str(path), failures, strict)
     return Cohort(table, str(path), failures, None)

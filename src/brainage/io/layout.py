@@ -252,6 +252,27 @@ class RunLayout:
             "mask_sidecar": folder / f"{pre}_{space}_desc-brain_mask.json",
         }
 
+    def preproc_modality(
+        self, participant_id: str, resolution_mm: float, modality: str
+    ) -> dict[str, Path]:
+        """Output paths of a scan's further modality (``FLAIR``, ``T2w``; fMRIPrep layout).
+
+        Returns
+        -------
+        dict of str to Path
+            ``preproc`` (``…_space-<tpl>_res-<r>_desc-preproc_<modality>.nii.gz``, the model's
+            extra channel), ``sidecar`` (its JSON), ``xfm`` (``…_from-<modality>_to-T1w_
+            mode-image_xfm.mat``: the rigid transform onto the scan's T1w).
+        """
+        sub, ses, pre = scan_names(participant_id)
+        folder = self.root / sub / (ses or "") / "anat"
+        space = f"space-{TEMPLATE_SPACE}_res-{res_label(resolution_mm)}"
+        return {
+            "preproc": folder / f"{pre}_{space}_desc-preproc_{modality}.nii.gz",
+            "sidecar": folder / f"{pre}_{space}_desc-preproc_{modality}.json",
+            "xfm": folder / f"{pre}_from-{modality}_to-T1w_mode-image_xfm.mat",
+        }
+
     @property
     def qc_table(self) -> Path:
         """``OUT/qc.tsv``: registration quality and QC picture of every subject."""
@@ -304,16 +325,25 @@ class RunLayout:
         return self._fold_dir(fold) / f"{self.space}_desc-trainingmean_T1w.nii.gz"
 
     # ------------------------------------------------------------------ relevance maps
-    def relevance(self, method: str, participant_id: str, model: str | None = None) -> Path:
+    def relevance(
+        self,
+        method: str,
+        participant_id: str,
+        model: str | None = None,
+        modality: str | None = None,
+    ) -> Path:
         """Relevance map of one subject; ``model=None``: the ensemble map, ``"seed-0"``: one model.
 
         ``OUT/explain/method-<m>/[seed-<n>/]sub-<id>[_ses-<id>]_space-<tpl>_res-<r>_desc-<m>_relevance.nii.gz``
+        is the map summed over the input channels; with several modalities, ``modality``
+        (``"T1w"``, ``"FLAIR"``) names one channel's ensemble map, ``desc-<m><modality>``.
         """
         folder = self.root / "explain" / f"method-{label(method)}"
         if model is not None:
             folder = folder / model
         pre = scan_names(participant_id)[2]
-        return folder / f"{pre}_{self.space}_desc-{label(method)}_relevance.nii.gz"
+        desc = label(method) + (modality or "")
+        return folder / f"{pre}_{self.space}_desc-{desc}_relevance.nii.gz"
 
     def population(self, method: str, kind: str = "mean") -> Path:
         """Return a population map path: ``kind="mean"`` (``stat-mean``) or ``"top10"``."""
@@ -449,7 +479,7 @@ class RunLayout:
         return self.root.parent / f"{self.root.name}_work"
 
     def volumes(self) -> Path:
-        """Stacked model inputs, shape (n, 1, i, j, k), float32 (``.npy``, memory-mapped)."""
+        """Stacked model inputs, shape (n, c, i, j, k), float32 (``.npy``, memory-mapped)."""
         return self.work / f"volumes_res-{res_label(self.resolution_mm)}.npy"
 
     def relative(self, path: str | Path) -> str:

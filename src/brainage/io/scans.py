@@ -22,6 +22,15 @@ import pandas as pd
 #: Separator between the participant and the session of a scan key.
 SESSION_SEP = "_ses-"
 
+#: BIDS ``anat`` suffixes a scan may add to its T1w as further input channels
+#: (``preprocess.modalities``); a cohort table names them in lower case (``flair``, ``t2w``).
+EXTRA_MODALITIES = ("FLAIR", "T2w", "PDw")
+
+
+def modality_column(modality: str) -> str:
+    """Cohort-table column of a modality's image path: ``"FLAIR"`` → ``"flair"``."""
+    return modality.lower()
+
 
 def scan_key(participant_id: str, session_id: str | None = None) -> str:
     """Return the key of a scan: ``participant_id`` or ``"<participant_id>_ses-<label>"``.

@@ -57,7 +57,8 @@ class VoxelRidge(nn.Module):
     ) -> None:
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.weight = nn.Parameter(torch.zeros(int(in_channels), *self.input_shape))
+        self.in_channels = int(in_channels)
+        self.weight = nn.Parameter(torch.zeros(self.in_channels, *self.input_shape))
         self.bias = nn.Parameter(torch.tensor(float(mean_age)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

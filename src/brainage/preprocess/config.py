@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from brainage.io.scans import EXTRA_MODALITIES
 from brainage.schema import Section
 
 REGISTRATIONS = ("affine", "syn", "none")
@@ -44,6 +45,16 @@ class PreprocessConfig(Section):
         Seed of the random sampling of the registration metric (ANTs ``--random-seed``, given
         as ``seed + 1`` because ANTs reads 0 as "use the clock"): with one thread per worker,
         the same seed and input give the same transform, bit for bit.
+    modalities : list of str
+        Input channels, in order: ``["T1w"]`` (default) or the T1w followed by any of
+        :data:`EXTRA_MODALITIES` (BIDS suffixes, e.g. ``["T1w", "FLAIR"]``; any case is read as
+        the BIDS spelling). Each further image
+        of a scan is rigidly registered to its T1w (mutual information; identity with
+        ``register: none``, where every image is already in MNI space), N4-corrected inside the
+        T1w brain mask, brought onto the template grid through the T1w's transform, masked and
+        scaled like the T1w (:mod:`brainage.preprocess.modalities`). The models then see one
+        channel per modality, and each explanation method writes one relevance map per channel
+        besides their sum.
     """
 
     section_path: ClassVar[str] = "preprocess"
@@ -55,3 +66,42 @@ class PreprocessConfig(Section):
     intensity: Literal["minmax", "zscore"] = "minmax"
     n4_shrink_factor: Annotated[int, Field(ge=1)] = 4
     seed: Annotated[int, Field(ge=0)] = 0
+    modalities: list[str] = Field(default_factory=lambda: ["T1w"])
+
+    @field_validator("modalities")
+    @classmethod
+    def _check_modalities(cls, value: list[str]) -> list[str]:
+        from brainage.errors import did_you_mean
+
+        spelled = {m.lower(): m for m in ("T1w", *EXTRA_MODALITIES)}  # BIDS spelling, any case
+        value = [spelled.get(str(m).lower(), str(m)) for m in value]
+        if not value or value[0] != "T1w":
+            raise ValueError(
+                f"'preprocess.modalities' must start with T1w (the image that is skull-stripped "
+                f"and registered); got {value}, e.g. [T1w, FLAIR]"
+            )
+        for m in value[1:]:
+            if m not in EXTRA_MODALITIES:
+                raise ValueError(
+                    f"'preprocess.modalities': unknown modality {m!r}; use BIDS suffixes "
+                    f"{', '.join(EXTRA_MODALITIES)}; {did_you_mean(m, EXTRA_MODALITIES)}"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError(f"'preprocess.modalities' lists a modality twice: {value}")
+        return value
+
+    @property
+    def extra_modalities(self) -> list[str]:
+        """The modalities after the T1w (empty for a T1w-only run)."""
+        return list(self.modalities[1:])
+
+    def key_dict(self) -> dict:
+        """Parameters that key a preprocessing: :meth:`to_dict`, ``modalities`` only when set.
+
+        A T1w-only configuration keys as before ``modalities`` existed, so finished runs keep
+        their preprocessed subjects.
+        """
+        out = self.to_dict()
+        if out["modalities"] == ["T1w"]:
+            del out["modalities"]
+        return out

@@ -44,6 +44,7 @@ from brainage.io.layout import RunLayout, res_label, scan_names, subject_label
 from brainage.io.nifti import load_volume, save_nifti
 from brainage.preprocess import steps
 from brainage.preprocess.config import PreprocessConfig
+from brainage.preprocess.modalities import check_image as check_modality_image
 from brainage.preprocess.qc import qc_figure, registration_quality
 from brainage.space import TEMPLATE_SPACE, Grid, resample_to_grid, template_array, template_grid
 from brainage.utils import StageTimer, file_hash
@@ -241,6 +242,7 @@ def preprocess_subject(
     config: PreprocessConfig | None = None,
     native_cache: str | Path | None = None,
     source_uri: str | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """Preprocess one T1w scan into template space (see the module docstring).
 
@@ -264,11 +266,16 @@ def preprocess_subject(
         BIDS URI of the input (``bids:raw:sub-01/anat/sub-01_T1w.nii.gz``,
         :func:`brainage.io.derivatives.bids_uri`) for the sidecars' ``Sources``; default its
         ``file://`` URI.
+    extra : dict, optional
+        Further images of the scan, modality → ``(path, source_uri or None)`` (``"FLAIR"``,
+        ``"T2w"``), brought onto the same grid through the T1w
+        (:func:`brainage.preprocess.modalities.preprocess_modality`).
 
     Returns
     -------
     dict
-        Keys :data:`ROW_COLUMNS`. ``preproc``: float32 image on
+        Keys :data:`ROW_COLUMNS`, and ``preproc_<modality>`` / ``xfm_<modality>`` per ``extra``
+        image. ``preproc``: float32 image on
         ``template_grid(config.resolution_mm)`` (voxel → MNI152NLin2009aSym mm), scaled as
         ``config.intensity`` says; ``mask``: uint8 brain mask on the same grid; ``xfm`` /
         ``inverse_xfm``: ANTs transforms native → template / template → native (use
@@ -308,6 +315,8 @@ def preprocess_subject(
             t1w_path,
         )
     input_hash = file_hash(t1w_path)
+    for modality, (image, _) in (extra or {}).items():  # a missing one fails before any work
+        check_modality_image(pid, modality, image)
 
     timer = StageTimer()
     with _step("reading the image", pid, t1w_path, timer, "check the file"):
@@ -364,6 +373,10 @@ def preprocess_subject(
                 files["qc_png"],
                 title=f"{pid}  {config.register} registration  r = {reg_quality:.3f}",
             )
+        from brainage.preprocess.modalities import preprocess_extra
+
+        channels = preprocess_extra(pid, extra, img, mask, forward, grid, out_mask, out_dir,
+                                    config, work)  # fmt: skip
     seconds = {k: round(v, 3) for k, v in timer.seconds.items()}
     seconds["total"] = round(time.perf_counter() - t0, 3)
     source = source_uri or t1w_path.resolve().as_uri()
@@ -390,7 +403,7 @@ def preprocess_subject(
                     "Type": "Brain", **bids}  # fmt: skip
     write_json(files["mask_sidecar"], mask_sidecar)
     write_json(files["sidecar"], sidecar)
-    return _row(pid, files, reg_quality, seconds)
+    return {**_row(pid, files, reg_quality, seconds), **channels}
 
 
 def _subject_task(item: tuple[str, str], out_dir: str, config: PreprocessConfig) -> dict:

@@ -255,9 +255,11 @@ def apply_transform(
     ----------
     img : nibabel.Nifti1Image
         Image in the transform's moving space.
-    transform : str or Path
+    transform : str or Path, or sequence of them
         ``.mat`` or composite ``.h5`` (in ANTs' "mode-image" sense: maps reference points to
-        moving points, i.e. pulls ``img`` into the reference space).
+        moving points, i.e. pulls ``img`` into the reference space). A sequence is composed as
+        ANTs does: the last is applied first to the image (``[t1w_to_mni, flair_to_t1w]``
+        pulls a FLAIR through its T1w into template space).
     reference : Grid or nibabel.Nifti1Image
         Output grid (template :class:`~brainage.space.Grid`, or an image whose grid to use).
     interpolation : {"linear", "nearestNeighbor", "bSpline", "genericLabel"}
@@ -271,10 +273,11 @@ def apply_transform(
     import ants
 
     ref = grid_reference(reference) if isinstance(reference, Grid) else to_ants(reference)
+    transforms = transform if isinstance(transform, (list, tuple)) else [transform]
     out = ants.apply_transforms(
         fixed=ref,
         moving=to_ants(img),
-        transformlist=[str(transform)],
+        transformlist=[str(t) for t in transforms],
         interpolator=interpolation,
         defaultvalue=0,
     )

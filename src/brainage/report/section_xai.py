@@ -301,9 +301,11 @@ def _lesion_section(run: RunFolder) -> dict:
         if v["d"] is not None and v["p"] is not None:
             uses = v["d"] > 0 and v["p"] < LESION_ALPHA
         method = rec.get("method")
-        rows.append(
-            {"method": "ensemble" if pd.isna(method) else str(method), "v": v, "uses": uses}
-        )
+        channel = rec.get("channel")
+        rows.append({
+            "method": "ensemble" if pd.isna(method) else str(method), "v": v, "uses": uses,
+            "channel": None if channel is None or pd.isna(channel) else str(channel),
+        })  # fmt: skip
     first = run.lesions.iloc[0]
     return {
         "rows": rows,

@@ -78,7 +78,7 @@ def preprocessing_key(cfg) -> str:
 
     Runs with equal keys share the preprocessed scans and their stack on the model grid.
     """
-    return stable_hash(cfg.preprocess.to_dict(), cfg.train.resolution_mm, length=12)
+    return stable_hash(cfg.preprocess.key_dict(), cfg.train.resolution_mm, length=12)
 
 
 def run_study(

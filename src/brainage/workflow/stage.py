@@ -169,7 +169,7 @@ class RunContext:
 
         Returns
         -------
-        x : ndarray, shape (n, 1, i, j, k), float32
+        x : ndarray, shape (n, c, i, j, k), float32 (c: one channel per preprocess modality)
             Memory-mapped; template space on ``template_grid(train.resolution_mm)``.
         rows : dict of str to int
         """
@@ -179,7 +179,7 @@ class RunContext:
         return x, rows
 
     def stack(self, pids) -> np.ndarray:
-        """Model inputs of ``pids``, shape (n, 1, i, j, k), float32 (in memory)."""
+        """Model inputs of ``pids``, shape (n, c, i, j, k), float32 (in memory)."""
         x, rows = self.volumes()
         idx = [rows[p] for p in pids]
         if not idx:

@@ -98,6 +98,26 @@ def _read(paths) -> np.ndarray:
     return np.stack([np.asarray(nib.load(str(p)).dataobj, dtype=np.float32) for p in paths])
 
 
+#: Channel of the lesion test (paper 003: white-matter hyperintensities are seen on FLAIR).
+LESION_CHANNEL = "FLAIR"
+
+
+def _lesion_channel(ctx: RunContext, method: str, pids: list[str], stack: np.ndarray):
+    """Return the maps of the lesion test: the FLAIR channel's when the run has one, else ``stack``.
+
+    Returns the channel's name (``"FLAIR"``; ``"T1w"`` in a T1w-only run; ``"all"`` for the sum
+    over channels when a method has no per-channel maps, e.g. Grad-CAM) and the maps (n, i, j, k).
+    """
+    modalities = ctx.config.preprocess.modalities
+    if len(modalities) == 1:
+        return modalities[0], stack
+    output = f"ensemble_{LESION_CHANNEL}"
+    recs = [ctx.record("explain", f"{method}/{p}") for p in pids]
+    if LESION_CHANNEL in modalities and all(output in r.outputs for r in recs):
+        return LESION_CHANNEL, _read([r.output(ctx.layout, output) for r in recs])
+    return "all", stack
+
+
 def _faithfulness(ctx: RunContext, method: str, pids: list[str], brain: np.ndarray):
     """Perturbation test and region reliance of one method on the first base model's subjects.
 
@@ -229,7 +249,8 @@ class EvaluateStage(Stage):
     """See the module docstring."""
 
     name = "evaluate"
-    version = "3"  # 2: perturbation, reliance; 3: region truth, max-sensitivity, U-Noise refits
+    # 2: perturbation, reliance; 3: region truth, max-sensitivity, U-Noise refits; 4: lesion channel
+    version = "4"
     requires = ("explain", "truth", "reference")
 
     def items(self, ctx: RunContext) -> list[str]:
@@ -370,8 +391,9 @@ class EvaluateStage(Stage):
                 outputs["reliance"] = write_tsv(layout.reliance(method), regions)
         outputs["xai"] = write_tsv(layout.xai_row(method), row)
         if "lesions" in masks:
-            res = lesion_relevance_test(stack, masks["lesions"], brain)
-            summary = {k: res[k] for k in SUMMARY_FIELDS}
+            channel, lesion_maps = _lesion_channel(ctx, method, pids, stack)
+            res = lesion_relevance_test(lesion_maps, masks["lesions"], brain)
+            summary = {"channel": channel, **{k: res[k] for k in SUMMARY_FIELDS}}
             subjects = res["subjects"].to_dict(orient="records")
             outputs["lesions"] = write_json(
                 layout.lesion_row(method), {"summary": summary, "subjects": subjects}

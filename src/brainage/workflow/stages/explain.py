@@ -8,7 +8,12 @@ reference image and noise models. A map is keyed by the method's parameters and 
 (:func:`brainage.explain._core.method_fingerprint`), those base models, the subject's
 preprocessing and, where used, the reference image and the noise models. Each base model's map
 goes to ``explain/method-<m>/seed-<n>/`` and their mean (the ensemble map, paper 001) to
-``explain/method-<m>/``, as NIfTI in template space on the model grid.
+``explain/method-<m>/``, as NIfTI in template space on the model grid. With several input
+channels (``preprocess.modalities``, e.g. T1w + FLAIR) these maps are the sum over the channels
+(relevance of a voxel), and the ensemble map of each channel is written beside them
+(``desc-<m>FLAIR``; output ``ensemble_<modality>`` of the record). Methods without channel
+resolution (Grad-CAM, occlusion: ``per_channel`` of :func:`brainage.explain.register_method`)
+write their one map.
 """
 
 from __future__ import annotations
@@ -168,7 +173,7 @@ class ExplainStage(Stage):
     ) -> list[ItemResult]:
         import torch
 
-        from brainage.explain import explain
+        from brainage.explain import METHODS, explain
         from brainage.space import template_grid
         from brainage.workflow.stages.predict import load_models
         from brainage.workflow.stages.train import load_reference
@@ -210,23 +215,35 @@ class ExplainStage(Stage):
         by_name: dict[str, list[int]] = {}  # seed-<n> → its models (one per fold)
         for j, (name, _, _) in enumerate(models):
             by_name.setdefault(name, []).append(j)
+        modalities = ctx.config.preprocess.modalities
+        per_channel = METHODS[method].per_channel  # else one map repeated over the channels
+
+        def voxel(m):  # (channels, i, j, k) → the relevance of each voxel
+            return m.sum(axis=0) if per_channel else m[0]
+
         results = []
         for c, pid in enumerate(pids):
             meta = {"space": "MNI152NLin2009aSym", "method": method}
             outputs = {}
-            for name, js in by_name.items():
+            for name, js in by_name.items():  # maps summed over the input channels
                 path = ctx.layout.relevance(method, pid, name)
                 save_nifti(
-                    np.mean([maps[j][c, 0] for j in js], axis=0),
+                    np.mean([voxel(maps[j][c]) for j in js], axis=0),
                     grid.affine,
                     path,
                     metadata={**meta, "models": [items[j] for j in js]},
                 )
                 outputs[name] = path
-            mean = np.mean([mp[c, 0] for mp in maps], axis=0)
+            mean = np.mean([mp[c] for mp in maps], axis=0)  # (channels, i, j, k)
             path = ctx.layout.relevance(method, pid)
-            save_nifti(mean, grid.affine, path, metadata={**meta, "models": items})
+            save_nifti(voxel(mean), grid.affine, path, metadata={**meta, "models": items})
             outputs["ensemble"] = path
+            if len(mean) > 1 and per_channel:  # one map per channel
+                for ch, modality in enumerate(modalities):
+                    path = ctx.layout.relevance(method, pid, modality=modality)
+                    save_nifti(mean[ch], grid.affine, path,
+                               metadata={**meta, "channel": modality})  # fmt: skip
+                    outputs[f"ensemble_{modality}"] = path
             results.append(ItemResult(outputs))
         return results
 
@@ -234,7 +251,11 @@ class ExplainStage(Stage):
 def relevance_stack(
     ctx: RunContext, method: str, model: str = "ensemble"
 ) -> tuple[list, np.ndarray]:
-    """Explained subjects of ``method`` and their maps, shape (n, i, j, k), float32."""
+    """Explained subjects of ``method`` and their maps, shape (n, i, j, k), float32.
+
+    ``model``: a record output, ``"ensemble"``, ``"seed-<n>"`` or ``"ensemble_<modality>"`` (one
+    channel's map, in runs with several modalities).
+    """
     import nibabel as nib
 
     recs = [

@@ -248,7 +248,10 @@ class TrainStage(Stage):
         model, info = fit_voxel_ridge(ctx.stack(train), y, mask)
         meta = {
             "model": name,
-            "model_params": {"input_shape": list(model.input_shape), "in_channels": 1},
+            "model_params": {
+                "input_shape": list(model.input_shape),
+                "in_channels": int(model.in_channels),
+            },
             "learner": name,
             "train_mean_age": float(y.mean()),
             "seed": None,
@@ -294,7 +297,9 @@ class ReferenceStage(Stage):
         path = ctx.layout.reference(_reference_fold(item))
         grid = template_grid(ctx.layout.resolution_mm)
         meta = {"space": "MNI152NLin2009aSym", "desc": "trainingmean", "n_subjects": len(pids)}
-        save_nifti(mean[0], grid.affine, path, metadata=meta)
+        # one channel: a 3D image as before; several: 4D (i, j, k, c), channels last (NIfTI)
+        save_nifti(mean[0] if len(mean) == 1 else np.moveaxis(mean, 0, -1), grid.affine, path,
+                   metadata=meta)  # fmt: skip
         return ItemResult({"reference": path}, {"n_subjects": len(pids)})
 
 
@@ -308,7 +313,7 @@ def _reference_fold(item: str) -> int | None:
 
 
 def load_reference(ctx: RunContext, fold: int | None = None) -> np.ndarray:
-    """Return the mean training volume of ``fold``'s models, shape (1, i, j, k), float32.
+    """Return the mean training volume of ``fold``'s models, shape (c, i, j, k), float32.
 
     For a subject predicted by all folds (``fold=None`` in a cross-fitted run) this is the mean
     of the folds' reference images.
@@ -320,5 +325,6 @@ def load_reference(ctx: RunContext, fold: int | None = None) -> np.ndarray:
     for f in folds:
         rec = ctx.record("reference", reference_item(f))
         img = nib.load(str(rec.output(ctx.models, "reference")))
-        vols.append(np.asarray(img.dataobj, dtype=np.float32))
-    return np.mean(vols, axis=0).astype(np.float32)[None]
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        vols.append(data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0))
+    return np.mean(vols, axis=0).astype(np.float32)
