@@ -151,6 +151,30 @@ def test_missing_flair_fails_the_subject_with_the_fix(tmp_path):
     assert "a" in text and "FLAIR" in text and "preprocess.modalities" in text
 
 
+def test_preprocess_cohort_takes_the_flair_column_and_fails_a_scan_without_one(tmp_path):
+    from brainage.preprocess import preprocess_cohort
+
+    grid = template_grid(8.0)
+    brain = load_template(8.0)["mask"].get_fdata() > 0.5
+    rng = np.random.default_rng(3)
+    paths = {}
+    for name in ("a_T1w", "a_FLAIR", "b_T1w"):
+        data = np.where(brain, 20 + rng.uniform(0, 80, grid.shape), 0).astype(np.float32)
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(data, grid.affine), str(paths[name]))
+    table = pd.DataFrame({
+        "participant_id": ["a", "b"], "t1w": [str(paths["a_T1w"]), str(paths["b_T1w"])],
+        "flair": [str(paths["a_FLAIR"]), np.nan],
+    })  # fmt: skip
+    cfg = PreprocessConfig(resolution_mm=8.0, skull_strip=False, bias_correct=False,
+                           register="none", modalities=["T1w", "FLAIR"])  # fmt: skip
+    res = preprocess_cohort(table, tmp_path / "out", cfg, backend="serial", progress=False)
+    assert res.table["participant_id"].tolist() == ["a"]
+    assert next((tmp_path / "out" / "sub-a" / "anat").glob("*desc-preproc_FLAIR.nii.gz"))
+    (err,) = res.failures
+    assert err.participant_id == "b" and "no FLAIR image" in str(err)
+
+
 # --------------------------------------------------------------------------- two-channel run
 @pytest.mark.integration
 def test_two_channel_run_explains_each_channel_and_tests_lesions_on_flair(tmp_path):

@@ -42,6 +42,7 @@ from brainage.errors import ConfigError, InputError
 from brainage.io.atomic import atomic_path, write_json, write_tsv
 from brainage.io.layout import RunLayout, res_label, scan_names, subject_label
 from brainage.io.nifti import load_volume, save_nifti
+from brainage.io.scans import modality_column
 from brainage.preprocess import steps
 from brainage.preprocess.config import PreprocessConfig
 from brainage.preprocess.modalities import check_image as check_modality_image
@@ -406,16 +407,16 @@ def preprocess_subject(
     return {**_row(pid, files, reg_quality, seconds), **channels}
 
 
-def _subject_task(item: tuple[str, str], out_dir: str, config: PreprocessConfig) -> dict:
-    """Picklable task for the executors: ``item`` is ``(participant_id, t1w_path)``."""
-    participant_id, t1w = item
-    return preprocess_subject(participant_id, t1w, out_dir, config)
+def _subject_task(item: tuple, out_dir: str, config: PreprocessConfig) -> dict:
+    """Picklable task for the executors: ``item`` is ``(participant_id, t1w_path, extra)``."""
+    participant_id, t1w, extra = item
+    return preprocess_subject(participant_id, t1w, out_dir, config, extra=extra)
 
 
 def _as_input_error(item: tuple[str, str], exc: BaseException) -> InputError:
     if isinstance(exc, InputError):
         return exc
-    pid, t1w = item
+    pid, t1w = item[:2]
     detail = " ".join(str(exc).split())[:160] or "no message"
     return InputError(
         f"preprocessing failed ({type(exc).__name__}: {detail})",
@@ -440,7 +441,8 @@ def preprocess_cohort(
     Parameters
     ----------
     cohort : Cohort or pandas.DataFrame
-        Subjects; the table needs the columns ``participant_id`` and ``t1w`` (image path).
+        Subjects; the table needs the columns ``participant_id`` and ``t1w`` (image path), and
+        one column per further modality of ``config.modalities`` (``flair``, …).
     out_dir : str or Path
         Run output folder ``OUT``.
     config : PreprocessConfig, optional
@@ -486,7 +488,8 @@ def preprocess_cohort(
     out_dir = Path(out_dir)
     failures: list[InputError] = []
     items, seen = [], {}
-    for pid, t1w in zip(table["participant_id"].astype(str), table["t1w"].astype(str), strict=True):
+    for rec in table.to_dict("records"):
+        pid, t1w = str(rec["participant_id"]), str(rec["t1w"])
         try:
             sub = scan_names(pid)[2]
             if sub in seen:
@@ -502,7 +505,11 @@ def preprocess_cohort(
             failures.append(err if err.path else InputError(err.problem, err.fix, pid, t1w))
             continue
         seen[sub] = pid
-        items.append((pid, t1w))
+        extra = {}
+        for m in config.extra_modalities:
+            image = rec.get(modality_column(m))
+            extra[m] = (image if isinstance(image, str) else "", None)
+        items.append((pid, t1w, extra))
 
     from brainage.parallel import iter_tasks
 
@@ -527,7 +534,7 @@ def preprocess_cohort(
                 failures.append(err)
             else:
                 rows[item[0]] = outcome
-    order = [pid for pid, _ in items_all if pid in rows]
+    order = [item[0] for item in items_all if item[0] in rows]
     result = pd.DataFrame([rows[pid] for pid in order], columns=list(ROW_COLUMNS))
     qc = result[["participant_id", "reg_quality", "qc_png", "preproc", "mask"]].copy()
     for col in ("qc_png", "preproc", "mask"):
