@@ -151,6 +151,22 @@ def test_missing_flair_fails_the_subject_with_the_fix(tmp_path):
     assert "a" in text and "FLAIR" in text and "preprocess.modalities" in text
 
 
+def test_flat_first_layer_lrp_gives_every_channel_the_same_relevance():
+    """Why default LRP has no channel maps: the Flat rule ignores the input's values."""
+    import torch
+
+    from brainage.explain import explain
+    from brainage.models.hofmann import HofmannCNN
+
+    torch.manual_seed(0)
+    model = HofmannCNN(input_shape=(16, 16, 16), in_channels=2, filters=[4, 4, 4, 4, 4], dense=8)
+    x = torch.rand(2, 2, 16, 16, 16)
+    flat = explain(model, x, "lrp")
+    np.testing.assert_array_equal(flat[:, 0], flat[:, 1])
+    resolved = explain(model, x, "lrp_alpha1_beta0")
+    assert not np.allclose(resolved[:, 0], resolved[:, 1])
+
+
 def test_preprocess_cohort_takes_the_flair_column_and_fails_a_scan_without_one(tmp_path):
     from brainage.preprocess import preprocess_cohort
 
@@ -190,7 +206,7 @@ def test_two_channel_run_explains_each_channel_and_tests_lesions_on_flair(tmp_pa
         "preprocess": {"modalities": ["T1w", "FLAIR"]},
         "train": {"epochs": 2, "patience": 3, "batch_size": 8,
                   "model_params": {"filters": [8, 8, 16, 16, 8], "dense": 16}},
-        "explain": {"methods": ["lrp", "gradcam"], "subjects": "all"},
+        "explain": {"methods": ["lrp_alpha1_beta0", "lrp", "gradcam"], "subjects": "all"},
         "evaluate": {"n_subjects": 2, "faithfulness_subjects": 3, "sensitivity_subjects": 2,
                      "sensitivity_samples": 2},
         "population": {"atlases": ["aal"]}, "run": {"n_jobs": 1, "backend": "serial"},
@@ -212,16 +228,22 @@ def test_two_channel_run_explains_each_channel_and_tests_lesions_on_flair(tmp_pa
     assert meta["model_params"]["in_channels"] == 2
     ref = nib.load(str(next((out / "models").rglob("*desc-trainingmean*.nii.gz"))))
     assert ref.shape == (40, 48, 40, 2)
-    # LRP: one map per channel, and the voxel map is their sum (conservation over channels)
-    t1w_map = nib.load(str(layout.relevance("lrp", pid, modality="T1w"))).get_fdata()
-    flair_map = nib.load(str(layout.relevance("lrp", pid, modality="FLAIR"))).get_fdata()
-    total = nib.load(str(layout.relevance("lrp", pid))).get_fdata()
+    # LRP α1β0 (z⁺ in the first layer too): one map per channel, which differ, and the voxel
+    # map is their sum (conservation over the channels)
+    method = "lrp_alpha1_beta0"
+    t1w_map = nib.load(str(layout.relevance(method, pid, modality="T1w"))).get_fdata()
+    flair_map = nib.load(str(layout.relevance(method, pid, modality="FLAIR"))).get_fdata()
+    total = nib.load(str(layout.relevance(method, pid))).get_fdata()
     np.testing.assert_allclose(t1w_map + flair_map, total, rtol=1e-4, atol=1e-7)
-    assert np.abs(flair_map).sum() > 0 and np.abs(t1w_map).sum() > 0
-    # Grad-CAM has no channels of its own: one map, not twice it
-    assert not layout.relevance("gradcam", pid, modality="FLAIR").exists()
+    assert np.abs(flair_map).sum() > 0 and not np.allclose(t1w_map, flair_map)
+    # the Flat first-layer rule of the default LRP gives both channels the same relevance, and
+    # Grad-CAM has no channels of its own: one voxel map each, no channel maps
+    for method in ("lrp", "gradcam"):
+        assert layout.relevance(method, pid).exists()
+        assert not layout.relevance(method, pid, modality="FLAIR").exists()
     lesions = pd.read_csv(out / "evaluation" / "lesions.tsv", sep="\t").set_index("method")
-    assert lesions.loc["lrp", "channel"] == "FLAIR" and lesions.loc["gradcam", "channel"] == "all"
+    assert lesions.loc["lrp_alpha1_beta0", "channel"] == "FLAIR"
+    assert set(lesions.loc[["lrp", "gradcam"], "channel"]) == {"all"}
     # the FLAIR's bytes key its subject's preprocessing: changing it redoes that subject only
     flair_in = next((bids / pid / "anat").glob("*_FLAIR.nii.gz"))
     img = nib.load(str(flair_in))

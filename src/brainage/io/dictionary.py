@@ -408,8 +408,8 @@ COLUMNS: dict[str, dict] = {
     "min_lesion_voxels": _e("A subject needs more lesion voxels than this (paper 003: 30)."),
     "channel": _e(
         "Input channel whose relevance map is tested: FLAIR when the run has one "
-        "(preprocess.modalities), else T1w; all = the sum over channels (a method without "
-        "per-channel maps, e.g. Grad-CAM)."
+        "(preprocess.modalities), else T1w; all = the voxel map, for a method that does not "
+        "resolve channels (Grad-CAM, occlusion, LRP with a Flat first-layer rule)."
     ),
     "mean_lesion_relevance": _e("Mean of lesion_relevance over the included subjects.", _ARB),
     "mean_expected_relevance": _e("Mean of expected_relevance over the included subjects.", _ARB),

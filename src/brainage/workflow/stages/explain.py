@@ -13,7 +13,8 @@ channels (``preprocess.modalities``, e.g. T1w + FLAIR) these maps are the sum ov
 (relevance of a voxel), and the ensemble map of each channel is written beside them
 (``desc-<m>FLAIR``; output ``ensemble_<modality>`` of the record). Methods without channel
 resolution (Grad-CAM, occlusion: ``per_channel`` of :func:`brainage.explain.register_method`)
-write their one map.
+write their one map; a method that gives every channel the same relevance (LRP with a Flat
+first-layer rule, such as the default ``lrp``) writes only the voxel map.
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ class ExplainStage(Stage):
             path = ctx.layout.relevance(method, pid)
             save_nifti(voxel(mean), grid.affine, path, metadata={**meta, "models": items})
             outputs["ensemble"] = path
-            if len(mean) > 1 and per_channel:  # one map per channel
+            if len(mean) > 1 and per_channel and not _same_channels(mean):  # one per channel
                 for ch, modality in enumerate(modalities):
                     path = ctx.layout.relevance(method, pid, modality=modality)
                     save_nifti(mean[ch], grid.affine, path,
@@ -246,6 +247,16 @@ class ExplainStage(Stage):
                     outputs[f"ensemble_{modality}"] = path
             results.append(ItemResult(outputs))
         return results
+
+
+def _same_channels(maps: np.ndarray) -> bool:
+    """Whether every channel of ``maps`` (c, i, j, k) holds the same relevance, bit for bit.
+
+    LRP whose first layer uses the Flat rule (``lrp``'s default ``epsilon_plus_flat``,
+    ``epsilon_alpha2_beta1_flat``) spreads a voxel's relevance equally over its channels: its
+    channel maps say nothing about the channel and are not written.
+    """
+    return all(np.array_equal(maps[0], maps[k]) for k in range(1, len(maps)))
 
 
 def relevance_stack(
