@@ -244,6 +244,12 @@ def test_two_channel_run_explains_each_channel_and_tests_lesions_on_flair(tmp_pa
     lesions = pd.read_csv(out / "evaluation" / "lesions.tsv", sep="\t").set_index("method")
     assert lesions.loc["lrp_alpha1_beta0", "channel"] == "FLAIR"
     assert set(lesions.loc[["lrp", "gradcam"], "channel"]) == {"all"}
+    # explaining the finished run again reads its FLAIRs from the run's cohort.tsv
+    from brainage.workflow import explain_run
+
+    more = explain_run(out, methods=["lrp_epsilon_gamma_box"], progress=False, report=False)
+    assert more.computed["preprocess"] == 0 and more.computed["train"] == 0
+    assert layout.relevance("lrp_epsilon_gamma_box", pid, modality="FLAIR").exists()
     # the FLAIR's bytes key its subject's preprocessing: changing it redoes that subject only
     flair_in = next((bids / pid / "anat").glob("*_FLAIR.nii.gz"))
     img = nib.load(str(flair_in))

@@ -122,6 +122,9 @@ COLUMNS: dict[str, dict] = {
     ),
     "site": _e("Acquisition site as given in the cohort table; not seen by the models."),
     "t1w": _e("Path of the subject's T1-weighted input image (absolute, as read from the cohort)."),
+    "flair": _e("Path of the scan's FLAIR image (absolute; empty: none), preprocess.modalities."),
+    "t2w": _e("Path of the scan's T2-weighted image (absolute; empty: none)."),
+    "pdw": _e("Path of the scan's proton-density-weighted image (absolute; empty: none)."),
     "fold": _e(
         "Outer cross-fitting fold that holds the subject out: its brain age, interval and "
         "relevance maps come from that fold's models, ensemble head and bias correction, which "

@@ -14,11 +14,14 @@ import pandas as pd
 
 from brainage.data.splits import fold_column, make_folds, make_splits
 from brainage.io.atomic import write_tsv
-from brainage.io.scans import read_tsv
+from brainage.io.scans import EXTRA_MODALITIES, modality_column, read_tsv
 from brainage.workflow.stage import ItemResult, RunContext, Stage
 
 #: Columns of ``cohort.tsv`` (those the cohort has).
-COHORT_COLUMNS = ("participant_id", "age", "sex", "site", "split", "fold", "t1w")
+COHORT_COLUMNS = (
+    "participant_id", "age", "sex", "site", "split", "fold", "t1w",
+    *(modality_column(m) for m in EXTRA_MODALITIES),  # further images: a rerun reads them here
+)  # fmt: skip
 
 
 class SplitsStage(Stage):
