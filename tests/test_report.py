@@ -95,6 +95,7 @@ LESION_ROWS = [
     ),
     dict(
         method="lrp",
+        channel="FLAIR",  # a two-channel run; the other row predates the column (T1w)
         n_subjects=9,
         n_excluded=3,
         min_lesion_voxels=30,

@@ -120,6 +120,9 @@ def test_lesion_table_and_reading(xai_run):
     sec = _section((xai_run / "report.html").read_text())
     lrp = [r for r in re.findall(r"<tr>.*?</tr>", sec, re.S) if "<b>lrp</b>" in r and "<td" in r]
     assert lrp and "uses lesions" in lrp[-1] and "&lt; 0.001" in lrp[-1]
+    assert '<td class="l">FLAIR</td>' in lrp[-1]
+    gbp = [r for r in re.findall(r"<tr>.*?</tr>", sec, re.S) if "<b>guided_backprop</b>" in r]
+    assert gbp and '<td class="l">T1w</td>' in gbp[-1]
     assert "This holds for <b>lrp</b>, not for guided_backprop." in sec
     assert "more than 30 lesion voxels" in sec
 
